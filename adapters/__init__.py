@@ -1,0 +1,1 @@
+"""Provider adapters behind one contract (`adapters.base`), and the registry of models."""

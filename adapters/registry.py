@@ -1,0 +1,95 @@
+"""Maps ``provider.model`` ids to adapters and builds the ``GET /v1/models`` catalogue.
+
+Provider modules are imported lazily, so a gateway without an optional SDK still serves
+every other provider.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+from adapters.base import (
+    Adapter,
+    AdapterContext,
+    Capabilities,
+    ModelInfo,
+    ModelNotFound,
+    ProviderNotConfigured,
+)
+
+logger = logging.getLogger(__name__)
+
+# provider name -> "module:Class"
+PROVIDERS: dict[str, str] = {
+    "local": "adapters.local:LocalAdapter",
+    "deepgram": "adapters.deepgram:DeepgramAdapter",
+    "assemblyai": "adapters.assemblyai:AssemblyAIAdapter",
+    "openai": "adapters.openai:OpenAIAdapter",
+    "gladia": "adapters.gladia:GladiaAdapter",
+    "groq": "adapters.groq:GroqAdapter",
+}
+
+
+def split_model_id(model_id: str) -> tuple[str, str]:
+    """``"deepgram.nova-3"`` -> ``("deepgram", "nova-3")``; raises `ModelNotFound` if malformed."""
+    provider, sep, model = model_id.partition(".")
+    if not sep or not provider or not model:
+        raise ModelNotFound(f"model must look like provider.model, got {model_id!r}")
+    return provider, model
+
+
+class Registry:
+    def __init__(self, contexts: dict[str, AdapterContext]) -> None:
+        self._contexts = contexts
+        self._adapters: dict[str, Adapter] = {}
+
+    def providers(self) -> list[str]:
+        return [name for name in PROVIDERS if self._load(name) is not None]
+
+    def adapter(self, provider: str) -> Adapter:
+        adapter = self._load(provider)
+        if adapter is None:
+            raise ModelNotFound(f"unknown provider {provider!r}", provider=provider)
+        return adapter
+
+    def resolve(self, model_id: str) -> tuple[Adapter, str, Capabilities]:
+        """Find the adapter and capabilities of a model; raises if unknown or unconfigured."""
+        provider, model = split_model_id(model_id)
+        adapter = self.adapter(provider)
+        caps = adapter.capabilities(model)  # raises ModelNotFound
+        reason = adapter.unavailable_reason()
+        if reason:
+            raise ProviderNotConfigured(reason, provider=provider)
+        return adapter, model, caps
+
+    def catalogue(self) -> list[ModelInfo]:
+        models: list[ModelInfo] = []
+        for name in self.providers():
+            models.extend(self.adapter(name).models())
+        return models
+
+    async def aclose(self) -> None:
+        for adapter in self._adapters.values():
+            try:
+                await adapter.aclose()
+            except Exception:  # noqa: BLE001 - shutdown continues
+                logger.warning("closing %s adapter failed", adapter.provider, exc_info=True)
+
+    def _load(self, provider: str) -> Adapter | None:
+        if provider in self._adapters:
+            return self._adapters[provider]
+        target = PROVIDERS.get(provider)
+        if target is None:
+            return None
+        module_name, _, class_name = target.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                return None  # provider not built into this gateway
+            raise
+        cls = getattr(module, class_name)
+        adapter: Adapter = cls(self._contexts.get(provider, AdapterContext()))
+        self._adapters[provider] = adapter
+        return adapter
