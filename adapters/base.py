@@ -92,7 +92,8 @@ class ProviderWarning:
     message: str
 
 
-StreamEvent = SpeechStarted | Transcript | UtteranceEnd | Finalized | ProviderUsage | ProviderWarning
+StreamEvent = (SpeechStarted | Transcript | UtteranceEnd | Finalized | ProviderUsage
+               | ProviderWarning)
 
 
 # --------------------------------------------------------------------------- capabilities
@@ -534,7 +535,7 @@ class Adapter(ABC):
     def open_stream(self, model: str, options: StreamOptions) -> SttStream:
         """A new, not yet started stream (start it with ``async with`` or `SttStream.start`)."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release shared resources (HTTP pools, models) at shutdown."""
 
 

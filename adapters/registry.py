@@ -50,7 +50,7 @@ class Registry:
     def adapter(self, provider: str) -> Adapter:
         adapter = self._load(provider)
         if adapter is None:
-            raise ModelNotFound(f"unknown provider {provider!r}", provider=provider)
+            raise ModelNotFound(f"unknown provider {provider!r} (known: {', '.join(PROVIDERS)})")
         return adapter
 
     def resolve(self, model_id: str) -> tuple[Adapter, str, Capabilities]:

@@ -1,0 +1,54 @@
+# Speechgate — `make run` starts the gateway, `make test` runs the tests.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := redis-server espeak-ng sox chromium
+
+.PHONY: run test install install-test system-deps node-deps bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -U pip
+	$(PIP) install -e '.[providers]'
+	@touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/speechgate serve
+
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
+	$(PIP) install -e '.[providers,test]'
+	# Public-domain speech recordings for the tests (we read its assets only).
+	$(PIP) install --no-deps moonshine-voice==0.1.5
+	@touch $@
+
+install-test: $(VENV)/.installed-test
+
+# Debian packages the tests use: a real redis-server, espeak-ng/sox for synthetic speech,
+# chromium for the demo-page test.
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+node-deps:
+	@if [ -f tests/node/package-lock.json ]; then npm ci --silent --no-audit --no-fund --prefix tests/node; fi
+
+test: install-test system-deps node-deps
+	$(PY) -m pytest
+
+lint: install-test
+	$(VENV)/bin/ruff check app adapters auth config tests bench
+	$(VENV)/bin/mypy
+
+bench: install-test system-deps
+	$(PY) -m bench.bench_local
+	$(PY) -m bench.bench_relay
+	$(PY) -m bench.bench_auth
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Speechgate: the ASGI application, its session core, front-ends, client and CLI."""

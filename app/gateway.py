@@ -1,0 +1,69 @@
+"""The gateway's shared state, built once by the app factory: `request.app.state.gateway`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from adapters.base import AdapterContext
+from adapters.registry import Registry
+from app.metrics import Metrics
+from auth.base import AccessControl, Principal
+from config import Settings
+
+if TYPE_CHECKING:
+    from app.session import Session
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    registry: Registry
+    access: AccessControl
+    metrics: Metrics = field(default_factory=Metrics)
+    sessions: set[Session] = field(default_factory=set)
+    draining: bool = False
+
+    async def authenticate(self, secret: str | None, client: str | None) -> Principal:
+        """Resolve a key or token; raises `GatewayError` (4401, 4429, 4503)."""
+        from app.errors import to_gateway_error
+
+        try:
+            return await self.access.authenticate(secret, client=client)
+        except Exception as exc:
+            raise to_gateway_error(exc) from None
+
+
+def _secret(value: object) -> str | None:
+    getter = getattr(value, "get_secret_value", None)
+    return getter() if getter else None
+
+
+def adapter_contexts(settings: Settings) -> dict[str, AdapterContext]:
+    """Each adapter gets only its own settings."""
+    common = {"connect_timeout": settings.provider_connect_timeout,
+              "flush_timeout": settings.provider_flush_timeout}
+    contexts = {
+        "local": AdapterContext(extra={
+            "model_dir": settings.local_model_dir,
+            "compute_type": settings.local_compute_type,
+            "cpu_threads": settings.local_cpu_threads,
+            "decode_workers": settings.local_decode_workers,
+            "download": settings.local_download,
+        }, **common),  # type: ignore[arg-type]
+    }
+    for name in ("deepgram", "assemblyai", "openai", "gladia", "groq"):
+        contexts[name] = AdapterContext(
+            api_key=_secret(getattr(settings, f"{name}_api_key")),
+            base_url=getattr(settings, f"{name}_base_url"), **common)  # type: ignore[arg-type]
+    return contexts
+
+
+def build_gateway(settings: Settings) -> Gateway:
+    from auth import build_access_control
+
+    return Gateway(settings=settings, registry=Registry(adapter_contexts(settings)),
+                   access=build_access_control(settings))

@@ -1,0 +1,88 @@
+"""The ASGI application factory and its lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+
+from app import routes
+from app.batch import transcribe_file
+from app.gateway import Gateway, build_gateway
+from app.ws_native import transcribe_websocket
+from config import Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+# Optional front-end modules: each exports `routes` (and may export `mount(app, gateway)`).
+FRONTENDS = ("app.routes_admin", "app.ws_xrx", "app.ws_prosa", "app.socketio_frontend")
+
+
+def _frontend_modules() -> list[object]:
+    modules = []
+    for name in FRONTENDS:
+        try:
+            modules.append(importlib.import_module(name))
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+    return modules
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or load_settings()
+    gateway = build_gateway(settings)
+    modules = _frontend_modules()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await startup(gateway)
+        try:
+            yield
+        finally:
+            gateway.draining = True
+            await gateway.registry.aclose()
+            await gateway.access.aclose()
+
+    route_list: list[BaseRoute] = [
+        Route("/", routes.demo_page),
+        Route("/healthz", routes.healthz),
+        Route("/readyz", routes.readyz),
+        Route("/metrics", routes.metrics),
+        Route("/v1/models", routes.list_models),
+        Route("/v1/transcribe", transcribe_file, methods=["POST"]),
+        WebSocketRoute("/v1/transcribe", transcribe_websocket),
+    ]
+    for module in modules:
+        route_list.extend(getattr(module, "routes", []))
+    if routes.STATIC.is_dir():
+        route_list.append(Mount("/static", StaticFiles(directory=routes.STATIC), name="static"))
+    app = Starlette(routes=route_list, lifespan=lifespan)
+    app.state.gateway = gateway
+    for module in modules:
+        mount = getattr(module, "mount", None)
+        if mount is not None:
+            app = mount(app, gateway)
+    return app
+
+
+async def startup(gateway: Gateway) -> None:
+    settings = gateway.settings
+    await gateway.access.start()  # type: ignore[attr-defined]
+    if settings.dev_key is not None:
+        await gateway.access.ensure_key(  # type: ignore[attr-defined]
+            settings.dev_key.get_secret_value(), "dev")
+    # Load the default local model now, so the first session does not wait for it.
+    provider, _, model = settings.default_model.partition(".")
+    try:
+        adapter = gateway.registry.adapter(provider)
+        warmup = getattr(adapter, "warmup", None)
+        if warmup is not None:
+            await warmup(model)
+    except Exception as exc:  # noqa: BLE001 - sessions for this model will report the cause
+        logger.warning("default model %s is not ready: %s", settings.default_model, exc)

@@ -1,0 +1,185 @@
+"""``GET /v1/transcribe`` — the native streaming WebSocket (shared/API.md §1)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from app.credentials import key_from_request
+from app.errors import GatewayError, to_gateway_error
+from app.gateway import Gateway
+from app.params import OUTPUT_FORMATS, parse_session_params
+from app.session import Session, SessionEnded, SessionError, open_session
+from app.wire import WireFormatter
+
+logger = logging.getLogger(__name__)
+
+
+class NativeConnection:
+    def __init__(self, websocket: WebSocket, gateway: Gateway) -> None:
+        self.ws = websocket
+        self.gateway = gateway
+        fmt = websocket.query_params.get("output_format", "text")
+        self.formatter = WireFormatter(fmt if fmt in OUTPUT_FORMATS else "text")
+        self._send_lock = asyncio.Lock()
+        self._closed = False
+
+    async def serve(self) -> None:
+        await self.ws.accept()
+        try:
+            query = self.ws.query_params
+            request = parse_session_params(
+                {k: query.getlist(k) for k in query.keys()},
+                default_model=self.gateway.settings.default_model)
+            self.formatter = WireFormatter(request.output_format)
+            secret = key_from_request(self.ws.headers, query)
+            if secret is None:
+                secret = await self._auth_message()
+            client = self.ws.client.host if self.ws.client else None
+            principal = await self.gateway.authenticate(secret, client)
+            async with open_session(self.gateway, request, principal,
+                                    origin=self.ws.headers.get("origin")) as session:
+                await self._run(session)
+        except WebSocketDisconnect:
+            return
+        except Exception as exc:  # every failure ends as a close code naming the cause
+            await self._fail(to_gateway_error(exc))
+
+    async def _auth_message(self) -> str:
+        """Wait for ``{"type": "auth", "api_key": ...}`` (§1.1 method 4)."""
+        timeout = self.gateway.settings.auth_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                message = await self.ws.receive()
+        except TimeoutError:
+            raise GatewayError(4408, f"no key: send an auth message within {timeout:g} s, "
+                                     "or use a header or api_key") from None
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        text = message.get("text")
+        if text is None:
+            raise GatewayError(4401, "audio before authentication: send "
+                                     '{"type": "auth", "api_key": ...} first')
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict) or data.get("type") != "auth" \
+                or not isinstance(data.get("api_key"), str):
+            raise GatewayError(4401, 'missing key: first message must be {"type": "auth", '
+                                     '"api_key": ...}')
+        return str(data["api_key"])
+
+    async def _run(self, session: Session) -> None:
+        reader = asyncio.create_task(self._read(session), name=f"{session.id}:read")
+        writer = asyncio.create_task(self._write(session), name=f"{session.id}:write")
+        done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+        if reader in done and reader.exception() is None:
+            # Client gone: nobody to write to; the session closes upstream on exit.
+            writer.cancel()
+        elif reader in done:
+            writer.cancel()
+            with contextlib.suppress(BaseException):
+                await writer
+            exc = reader.exception()
+            assert exc is not None
+            if isinstance(exc, WebSocketDisconnect):
+                return
+            await self._fail(to_gateway_error(exc))
+            return
+        else:
+            reader.cancel()
+        for task in (reader, writer):
+            with contextlib.suppress(BaseException):
+                await task
+
+    async def _read(self, session: Session) -> None:
+        max_bytes = self.gateway.settings.max_frame_bytes
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("bytes")
+            if data is not None:
+                if len(data) > max_bytes:
+                    raise GatewayError(1009, f"frame of {len(data)} bytes is over "
+                                             f"{max_bytes} bytes")
+                if not data:
+                    await session.close_stream()
+                elif session._input_closed:
+                    await self._error("invalid_message", "audio after close_stream is ignored")
+                else:
+                    await session.send_audio(data)
+                continue
+            await self._control(session, message.get("text") or "")
+
+    async def _control(self, session: Session, text: str) -> None:
+        try:
+            data: Any = json.loads(text)
+        except json.JSONDecodeError as exc:
+            await self._error("invalid_message", f"invalid JSON: {exc.msg} at char {exc.pos}")
+            return
+        kind = data.get("type") if isinstance(data, dict) else None
+        if kind == "finalize":
+            await session.finalize()
+        elif kind == "close_stream":
+            await session.close_stream()
+        elif kind == "keepalive":
+            session.touch()
+        elif kind == "auth":
+            session.touch()  # already authenticated; harmless
+        else:
+            shown = kind if isinstance(kind, str) else type(data).__name__
+            await self._error("invalid_message", f"unknown message type {shown!r}; expected "
+                                                 "finalize, close_stream, keepalive or auth")
+
+    async def _write(self, session: Session) -> None:
+        async for event in session.events():
+            frame = self.formatter.render(event)
+            if frame is not None:
+                await self._send(frame)
+            if isinstance(event, SessionError):
+                self.gateway.metrics.session_error(event.error.close_code)
+                await self._close(event.error.close_code, event.error.reason)
+            elif isinstance(event, SessionEnded):
+                await self._close(1000, "session ended")
+
+    async def _error(self, code: str, message: str) -> None:
+        """A non-fatal error event (json and verbose_json formats)."""
+        if self.formatter.output_format == "verbose_json":
+            await self._send(json.dumps({"type": "error", "code": code, "message": message}))
+        elif self.formatter.output_format == "json":
+            await self._send(json.dumps({"error": {"code": code, "message": message}}))
+
+    async def _fail(self, error: GatewayError) -> None:
+        if error.close_code >= 4000 or error.close_code == 1011:
+            logger.info("closing %s: %s", error.close_code, error.message)
+        self.gateway.metrics.session_error(error.close_code)
+        frame = self.formatter.render_error(error)
+        if frame is not None:
+            await self._send(frame)
+        await self._close(error.close_code, error.reason)
+
+    async def _send(self, frame: str) -> None:
+        if self._closed or self.ws.application_state != WebSocketState.CONNECTED:
+            return
+        async with self._send_lock:
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                await self.ws.send_text(frame)
+
+    async def _close(self, code: int, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.ws.application_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                await self.ws.close(code, reason)
+
+
+async def transcribe_websocket(websocket: WebSocket) -> None:
+    await NativeConnection(websocket, websocket.app.state.gateway).serve()
