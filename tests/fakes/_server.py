@@ -1,0 +1,108 @@
+"""A loopback WebSocket server base for the provider fakes (``websockets`` asyncio server)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from tests.speech import pcm as speech_pcm
+
+# The audio most tests send, and the words in it (tests/speech.py).
+BECKETT_SECONDS = len(speech_pcm("beckett.wav")) / 32000
+
+
+@dataclass
+class SessionLog:
+    """What one upstream session saw: for tests to judge the adapter."""
+
+    path: str
+    headers: dict[str, str]
+    query: dict[str, list[str]]
+    messages: list[dict[str, Any]] = field(default_factory=list)  # text messages received
+    message_times: list[float] = field(default_factory=list)
+    audio_bytes: int = 0
+    frames: int = 0
+    close_code: int | None = None
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def types(self) -> list[str]:
+        return [str(m.get("type")) for m in self.messages]
+
+
+def http_error(status: int, body: str, headers: dict[str, str] | None = None) -> Response:
+    h = Headers({"Content-Type": "text/plain", **(headers or {})})
+    return Response(status, "Error", h, body.encode())
+
+
+class WsFake:
+    """Subclasses implement `judge(request)` (handshake) and `session(ws, log)`."""
+
+    def __init__(self) -> None:
+        self.sessions: list[SessionLog] = []
+        self._server: Server | None = None
+        self.port = 0
+        self._handlers: set[asyncio.Task[Any]] = set()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def judge(self, request: Request) -> Response | None:
+        return None
+
+    async def session(self, ws: ServerConnection, log: SessionLog) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> WsFake:
+        self._server = await serve(self._handle, "127.0.0.1", 0, process_request=self._process,
+                                   max_size=None)
+        self.port = self._server.sockets[0].getsockname()[1] if self._server.sockets else 0
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await self._server.wait_closed()
+
+    def _process(self, connection: ServerConnection, request: Request) -> Response | None:
+        return self.judge(request)
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        from urllib.parse import parse_qs, urlsplit
+
+        assert ws.request is not None
+        parts = urlsplit(ws.request.path)
+        log = SessionLog(parts.path, {k.lower(): v for k, v in ws.request.headers.raw_items()},
+                         parse_qs(parts.query))
+        self.sessions.append(log)
+        try:
+            await self.session(ws, log)
+        except Exception:  # noqa: BLE001 - a peer that vanished ends the session
+            pass
+        finally:
+            log.close_code = ws.close_code
+            log.closed.set()
+
+    async def wait_closed(self, index: int = -1, within: float = 10.0) -> SessionLog:
+        log = self.sessions[index]
+        async with asyncio.timeout(within):
+            await log.closed.wait()
+        return log
+
+
+def record_text(log: SessionLog, raw: str) -> dict[str, Any]:
+    import time
+
+    message = json.loads(raw)
+    log.messages.append(message)
+    log.message_times.append(time.monotonic())
+    return message
