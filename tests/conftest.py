@@ -17,5 +17,5 @@ def redis() -> Iterator[RedisServer]:
 @pytest.fixture(scope="session")
 def gateway() -> Iterator[Gateway]:
     """A gateway with the embedded defaults (local engine, in-memory keys) and short timeouts."""
-    with running_gateway(idle_timeout=3.0) as gw:
+    with running_gateway(idle_timeout=3.0, auth_timeout=1.0) as gw:
         yield gw
