@@ -194,18 +194,21 @@ class WebSocketStream(SttStream):
 
     # ---- finalize bookkeeping ---------------------------------------------------------------
 
-    def _expect_finalized(self, timeout: float | None = None) -> None:
-        """A finalize was sent; `_finalized()` (or the timeout) answers it."""
+    def _expect_finalized(self, delay: float | None = None, *, quiet: bool = False) -> None:
+        """A finalize was sent; `_finalized()` answers it, or the bounded wait runs out
+        (``quiet``: nothing may be pending upstream, so running out is not worth a warning)."""
         self._finalizes += 1
-        if self._finalize_timer is None:
-            loop = asyncio.get_running_loop()
-            delay = self.context.flush_timeout if timeout is None else timeout
-            self._finalize_timer = loop.call_later(delay, self._finalize_timed_out)
+        if self._finalize_timer is not None:
+            self._finalize_timer.cancel()
+        loop = asyncio.get_running_loop()
+        delay = self.context.flush_timeout if delay is None else delay
+        self._finalize_timer = loop.call_later(delay, self._finalize_timed_out, quiet)
 
-    def _finalize_timed_out(self) -> None:
+    def _finalize_timed_out(self, quiet: bool) -> None:
         self._finalize_timer = None
         if self._finalizes and not self._ended:
-            task = asyncio.get_running_loop().create_task(self._release_finalizes(timed_out=True))
+            task = asyncio.get_running_loop().create_task(
+                self._release_finalizes(timed_out=not quiet))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 

@@ -61,8 +61,10 @@ class WsFake:
         raise NotImplementedError
 
     async def __aenter__(self) -> WsFake:
+        # A short close timeout: after an error close, a client still pushing audio gets its
+        # TCP close quickly even though our read side is paused by flow control.
         self._server = await serve(self._handle, "127.0.0.1", 0, process_request=self._process,
-                                   max_size=None)
+                                   close_timeout=1, max_size=None)
         self.port = self._server.sockets[0].getsockname()[1] if self._server.sockets else 0
         return self
 
