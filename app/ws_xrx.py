@@ -1,0 +1,223 @@
+"""``GET /api/v1/ws`` — the xrx STT service protocol (shared/API.md §5), over the session core.
+
+The xrx stack (https://github.com/8090-inc/xrx-core, ``stt/app/main.py``) runs a FastAPI
+WebSocket at ``/api/v1/ws``: binary 16 kHz s16le PCM in, plain-text transcripts out, no key and
+no JSON. Its orchestrator (``orchestrator/src/Session.ts``) talks to it in one of two ways, set
+by the same ``STT_PROVIDER`` variable on both sides:
+
+- ``faster_whisper`` / ``groq`` — **utterance mode**: the orchestrator runs its own VAD and sends
+  one binary frame per utterance (speech plus ~250 ms of silence), then expects one text frame
+  with the whole transcript of that frame; empty transcripts produce no frame. Between
+  utterances it sends nothing at all, for as long as the call lasts.
+- ``deepgram`` — **stream mode**: every audio chunk is forwarded as it arrives and transcripts
+  come back whenever the recognizer finalizes one.
+
+Here the model comes from ``?model=`` or the operator's `Settings.stt_provider` mapping, the
+mode from ``?mode=utterance|stream`` or the same mapping. Keys work as on every endpoint (header
+or ``api_key``); xrx clients send none, so an operator may attribute keyless connections to a
+named key (`Settings.anonymous_key_id`). Failures close with the codes of API.md §1.5.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from adapters import base as ab
+from app.credentials import key_from_request
+from app.errors import GatewayError, to_gateway_error
+from app.gateway import Gateway
+from app.params import parse_session_params
+from app.session import Session, SessionEnded, SessionError, open_session
+from auth.base import Principal
+
+logger = logging.getLogger(__name__)
+
+# xrx's STT_PROVIDER values -> our model ids (None = the gateway's default model).
+STT_PROVIDER_MODELS: dict[str, str | None] = {
+    "faster_whisper": None,
+    "groq": "groq.whisper-large-v3-turbo",
+    "deepgram": "deepgram.nova-3",
+}
+# Providers whose xrx client streams continuously instead of sending VAD-cut utterances.
+STREAMING_PROVIDERS = frozenset({"deepgram"})
+MODES = ("utterance", "stream")
+
+
+def provider_model(stt_provider: str, default_model: str) -> str:
+    """The model an xrx ``STT_PROVIDER`` value stands for; raises 4404 when unknown."""
+    name = stt_provider.strip().lower()
+    if name in STT_PROVIDER_MODELS:
+        return STT_PROVIDER_MODELS[name] or default_model
+    if "." in name:  # an operator may also name one of our model ids directly
+        return stt_provider.strip()
+    raise GatewayError(4404, f"unknown STT_PROVIDER {stt_provider[:40]!r}: expected "
+                             "faster_whisper, groq, deepgram or a provider.model id",
+                       code="model_not_found")
+
+
+async def anonymous_principal(gateway: Gateway) -> Principal:
+    """The principal for a keyless connection, when the operator enabled `anonymous_key_id`."""
+    anonymous = getattr(gateway.access, "anonymous", None)
+    if not gateway.settings.anonymous_key_id or anonymous is None:
+        raise GatewayError(4401, "missing API key: send X-API-Key or Authorization, add "
+                                 "?api_key=, or have the operator set anonymous_key_id",
+                           code="missing_key")
+    try:
+        principal: Principal = await anonymous()
+    except Exception as exc:  # AccessDenied (revoked, store down) -> its close code
+        raise to_gateway_error(exc) from None
+    return principal
+
+
+class XrxConnection:
+    def __init__(self, websocket: WebSocket, gateway: Gateway) -> None:
+        self.ws = websocket
+        self.gateway = gateway
+        self.mode = "utterance"
+        self._closed = False
+        self._send_lock = asyncio.Lock()
+
+    async def serve(self) -> None:
+        await self.ws.accept()
+        try:
+            settings = self.gateway.settings
+            query = self.ws.query_params
+            params = {k: query.getlist(k) for k in query.keys() if k != "mode"}
+            params["output_format"] = ["text"]
+            request = parse_session_params(params, default_model=provider_model(
+                settings.stt_provider, settings.default_model))
+            self.mode = query.get("mode") or (
+                "stream" if settings.stt_provider.strip().lower() in STREAMING_PROVIDERS
+                else "utterance")
+            if self.mode not in MODES:
+                raise GatewayError(4400, "invalid parameter mode: expected utterance or stream",
+                                   code="invalid_parameter")
+            secret = key_from_request(self.ws.headers, query)
+            if secret is not None:
+                client = self.ws.client.host if self.ws.client else None
+                principal = await self.gateway.authenticate(secret, client)
+            else:
+                principal = await anonymous_principal(self.gateway)
+            async with open_session(self.gateway, request, principal,
+                                    origin=self.ws.headers.get("origin")) as session:
+                await self._run(session)
+        except WebSocketDisconnect:
+            return
+        except Exception as exc:  # every failure ends as a close code naming the cause
+            await self._fail(to_gateway_error(exc))
+
+    async def _run(self, session: Session) -> None:
+        tasks = [asyncio.create_task(self._read(session), name=f"{session.id}:xrx-read"),
+                 asyncio.create_task(self._write(session), name=f"{session.id}:xrx-write")]
+        if self.mode == "utterance":
+            # xrx sends nothing between utterances; the open connection itself is the activity.
+            tasks.append(asyncio.create_task(self._keepalive(session)))
+        reader, writer = tasks[0], tasks[1]
+        try:
+            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            if reader in done and reader.exception() is not None:
+                exc = reader.exception()
+                if not isinstance(exc, WebSocketDisconnect):
+                    await self._fail(to_gateway_error(exc))  # type: ignore[arg-type]
+            elif reader in done and session._input_closed:
+                await writer  # client sent end of stream: deliver the remaining finals
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _read(self, session: Session) -> None:
+        max_bytes = self.gateway.settings.max_frame_bytes
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("bytes")
+            if data is None:
+                await self._control(session, message.get("text") or "")
+                continue
+            if len(data) > max_bytes:
+                raise GatewayError(1009, f"frame of {len(data)} bytes is over {max_bytes} bytes")
+            if not data:
+                await session.close_stream()
+                return
+            if session._input_closed:
+                continue
+            await session.send_audio(data)
+            if self.mode == "utterance":
+                await session.finalize()  # one frame is one utterance: transcribe it now
+
+    async def _control(self, session: Session, text: str) -> None:
+        """xrx sends only audio; native control messages are accepted as an extension."""
+        try:
+            data: Any = json.loads(text)
+        except json.JSONDecodeError:
+            data = None
+        kind = data.get("type") if isinstance(data, dict) else None
+        if kind == "close_stream":
+            await session.close_stream()
+        elif kind == "finalize":
+            await session.finalize()
+        elif kind in ("keepalive", "auth"):
+            session.touch()
+        else:
+            logger.info("xrx session %s: ignored text frame %.40r", session.id, text)
+
+    async def _write(self, session: Session) -> None:
+        pending: list[str] = []  # utterance mode: finals of the frame being transcribed
+        async for event in session.events():
+            if isinstance(event, ab.Transcript) and event.is_final and event.text.strip():
+                if self.mode == "stream":
+                    await self._send(event.text.strip())
+                else:
+                    pending.append(event.text.strip())
+            elif isinstance(event, ab.Finalized | SessionEnded) and pending:
+                await self._send(" ".join(pending))
+                pending.clear()
+            if isinstance(event, SessionError):
+                await self._fail(event.error)
+            elif isinstance(event, SessionEnded):
+                await self._close(1000, "session ended")
+
+    async def _keepalive(self, session: Session) -> None:
+        interval = max(0.05, self.gateway.settings.idle_timeout / 3)
+        while True:
+            session.touch()
+            await asyncio.sleep(interval)
+
+    async def _fail(self, error: GatewayError) -> None:
+        if error.close_code >= 4000 or error.close_code == 1011:
+            logger.info("xrx: closing %s: %s", error.close_code, error.message)
+        self.gateway.metrics.session_error(error.close_code)
+        await self._close(error.close_code, error.reason)
+
+    async def _send(self, text: str) -> None:
+        if self._closed or self.ws.application_state != WebSocketState.CONNECTED:
+            return
+        async with self._send_lock:
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                await self.ws.send_text(text)
+
+    async def _close(self, code: int, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.ws.application_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                await self.ws.close(code, reason)
+
+
+async def xrx_websocket(websocket: WebSocket) -> None:
+    await XrxConnection(websocket, websocket.app.state.gateway).serve()
+
+
+routes = [WebSocketRoute("/api/v1/ws", xrx_websocket)]
