@@ -108,3 +108,45 @@ def record_text(log: SessionLog, raw: str) -> dict[str, Any]:
     log.messages.append(message)
     log.message_times.append(time.monotonic())
     return message
+
+
+class AsgiFake:
+    """A Starlette app served by uvicorn on a free loopback port, in the test's event loop
+    (for fakes with HTTP endpoints: Gladia's session POST, the transcription REST APIs)."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._server: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def app(self) -> Any:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> AsgiFake:
+        import uvicorn
+
+        from tests.servers import free_port
+
+        self.port = free_port()
+        config = uvicorn.Config(self.app(), host="127.0.0.1", port=self.port,
+                                log_level="warning", lifespan="off", ws="websockets-sansio")
+        self._server = uvicorn.Server(config)
+        self._server.capture_signals = contextlib.nullcontext  # the test runner owns signals
+        self._task = asyncio.get_running_loop().create_task(self._server.serve())
+        async with asyncio.timeout(10):
+            while not self._server.started:
+                if self._task.done():
+                    self._task.result()
+                await asyncio.sleep(0.01)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10):
+                    await self._task
