@@ -133,9 +133,11 @@ class _Session:
             return False
         for word in self.recognizer.feed(pcm):
             if word.ends_sentence:
-                await self.end_turn()
+                await self.end_turn(word)
             else:
-                await self.turn(self.recognizer.open_words(), end_of_turn=False)
+                await self.turn(self.recognizer.words[self.recognizer.closed:
+                                                      self.recognizer.words.index(word) + 1],
+                                end_of_turn=False)
         if self.turns_sent and self.fake.fault == "server_error":
             await self.error(3005, "Internal server error")
             return False
@@ -143,8 +145,8 @@ class _Session:
             await self.ws.send("not json {")
         return True
 
-    async def end_turn(self) -> None:
-        words = self.recognizer.close_segment()
+    async def end_turn(self, through: FakeWord | None = None) -> None:
+        words = self.recognizer.close_segment(through)
         if not words:
             return
         if self.model == "u3-rt-pro":

@@ -168,12 +168,12 @@ class _Session:
             if word.ends_sentence:
                 await self.event("input_audio_buffer.speech_stopped", item_id=self.item,
                                  audio_end_ms=int(word.end * 1000))
-                await self.commit(vad=True)
+                await self.commit(vad=True, through=word)
 
-    async def commit(self, *, vad: bool) -> None:
+    async def commit(self, *, vad: bool, through: FakeWord | None = None) -> None:
         item = self.item or f"item_{uuid.uuid4().hex[:12]}"
         self.item = None
-        words = self.recognizer.close_segment()
+        words = self.recognizer.close_segment(through)
         await self.event("input_audio_buffer.committed", item_id=item,
                          previous_item_id=self.previous)
         self.previous = item

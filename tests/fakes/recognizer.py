@@ -72,10 +72,11 @@ class Recognizer:
     def open_words(self) -> list[FakeWord]:
         return self.words[self.closed:]
 
-    def close_segment(self) -> list[FakeWord]:
-        """Close the open segment and return its words."""
-        words = self.words[self.closed:]
-        self.closed = len(self.words)
+    def close_segment(self, through: FakeWord | None = None) -> list[FakeWord]:
+        """Close the open segment (up to and including `through`) and return its words."""
+        end = len(self.words) if through is None else self.words.index(through) + 1
+        words = self.words[self.closed:end]
+        self.closed = max(self.closed, end)
         return words
 
     @property

@@ -1,0 +1,203 @@
+"""A fake of Gladia live v2: ``POST /v2/live`` then the WebSocket URL it returns.
+
+Judges like the real service: ``x-gladia-key`` on the POST (401), a strictly validated init
+body (unknown properties and unsupported values are a 400, like Gladia's validation errors),
+a valid session token on the WebSocket (4401 otherwise). Answers partial and final
+``transcript`` messages per utterance id, ``speech_start``/``speech_end``, and on
+``stop_recording`` the remaining finals, ``end_recording`` and ``end_session``. Endpointing:
+a sentence end, or ``endpointing`` seconds of digital silence, closes the open utterance.
+https://docs.gladia.io/api-reference/v2/live/init, https://docs.gladia.io/asyncapi.yaml
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from tests.fakes._server import BECKETT_SECONDS, AsgiFake, SessionLog
+from tests.fakes.recognizer import FakeWord, Recognizer
+from tests.speech import BECKETT_TEXT
+
+BODY_KEYS = {"encoding", "bit_depth", "sample_rate", "channels", "model", "endpointing",
+             "maximum_duration_without_endpointing", "language_config", "pre_processing",
+             "realtime_processing", "post_processing", "messages_config", "callback",
+             "callback_config", "custom_metadata"}
+MESSAGE_FLAGS = {"receive_partial_transcripts", "receive_final_transcripts",
+                 "receive_speech_events", "receive_pre_processing_events",
+                 "receive_realtime_processing_events", "receive_post_processing_events",
+                 "receive_acknowledgments", "receive_errors", "receive_lifecycle_events"}
+
+
+def validate(body: Any) -> list[str]:
+    """Gladia-style validation messages for an init body (empty: valid)."""
+    if not isinstance(body, dict):
+        return ["body must be an object"]
+    errors = [f"property {k} should not exist" for k in body if k not in BODY_KEYS]
+    checks = {"encoding": {"wav/pcm", "wav/alaw", "wav/ulaw"}, "bit_depth": {8, 16, 24, 32},
+              "sample_rate": {8000, 16000, 32000, 44100, 48000}, "model": {"solaria-1"}}
+    for key, allowed in checks.items():
+        if key in body and body[key] not in allowed:
+            errors.append(f"{key} must be one of: {sorted(map(str, allowed))}")
+    if not 1 <= int(body.get("channels", 1)) <= 8:
+        errors.append("channels must not be greater than 8")
+    if not 0.01 <= float(body.get("endpointing", 0.05)) <= 10:
+        errors.append("endpointing must not be less than 0.01")
+    messages = body.get("messages_config") or {}
+    errors += [f"messages_config.property {k} should not exist" for k in messages
+               if k not in MESSAGE_FLAGS]
+    vocabulary = (body.get("realtime_processing") or {}).get("custom_vocabulary_config")
+    if vocabulary is not None and not vocabulary.get("vocabulary"):
+        errors.append("custom_vocabulary_config.vocabulary should not be empty")
+    return errors
+
+
+class FakeGladia(AsgiFake):
+    """Faults: ``"rate_limit"`` (429 on the POST), ``"server_error"`` (close 1011 after the
+    first final), ``"malformed"`` (non-JSON after the first final), ``"stall"`` (ignores
+    stop_recording), ``"no_url"`` (a POST answer without ``url``)."""
+
+    def __init__(self, *, api_key: str = "gladia-test-key", text: str = BECKETT_TEXT,
+                 speech_seconds: float = BECKETT_SECONDS, fault: str | None = None) -> None:
+        super().__init__()
+        self.api_key = api_key
+        self.text = text
+        self.speech_seconds = speech_seconds
+        self.fault = fault
+        self.created: dict[str, dict[str, Any]] = {}  # token -> init body
+        self.bodies: list[Any] = []
+        self.sessions: list[SessionLog] = []
+
+    def app(self) -> Any:
+        return Starlette(routes=[Route("/v2/live", self.init, methods=["POST"]),
+                                 WebSocketRoute("/v2/live", self.live)])
+
+    async def init(self, request: Request) -> Response:
+        if request.headers.get("x-gladia-key") != self.api_key:
+            return JSONResponse({"statusCode": 401, "message": "Invalid or missing API key"},
+                                401)
+        if self.fault == "rate_limit":
+            return JSONResponse({"statusCode": 429, "message": "Too many concurrent sessions"},
+                                429, headers={"retry-after": "5"})
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            body = None
+        self.bodies.append(body)
+        errors = validate(body)
+        if errors:
+            return JSONResponse({"statusCode": 400, "message": "Bad Request",
+                                 "validation_errors": errors}, 400)
+        session_id, token = str(uuid.uuid4()), uuid.uuid4().hex
+        self.created[token] = {**body, "id": session_id}
+        answer: dict[str, Any] = {"id": session_id,
+                                  "created_at": datetime.now(UTC).isoformat()}
+        if self.fault != "no_url":
+            answer["url"] = f"ws://127.0.0.1:{self.port}/v2/live?token={token}"
+        return JSONResponse(answer, 201)
+
+    async def live(self, ws: WebSocket) -> None:
+        body = self.created.pop(ws.query_params.get("token", ""), None)
+        await ws.accept()
+        if body is None:
+            await ws.close(4401, "Invalid or expired token")
+            return
+        log = SessionLog("/v2/live", dict(ws.headers), {"token": ["*"]})
+        self.sessions.append(log)
+        try:
+            await _Session(self, ws, log, body).run()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            log.closed.set()
+
+    async def wait_closed(self, index: int = -1, within: float = 10.0) -> SessionLog:
+        async with asyncio.timeout(within):
+            await self.sessions[index].closed.wait()
+        return self.sessions[index]
+
+
+class _Session:
+    def __init__(self, fake: FakeGladia, ws: WebSocket, log: SessionLog,
+                 body: dict[str, Any]) -> None:
+        self.fake, self.ws, self.log, self.body = fake, ws, log, body
+        self.flags = body.get("messages_config") or {}
+        self.endpointing = float(body.get("endpointing", 0.05))
+        self.recognizer = Recognizer(fake.text, fake.speech_seconds, int(body["sample_rate"]))
+        self.utterance: str | None = None
+        self.finals = 0
+
+    async def send(self, kind: str, data: dict[str, Any]) -> None:
+        await self.ws.send_text(json.dumps({
+            "session_id": self.body["id"], "created_at": datetime.now(UTC).isoformat(),
+            "type": kind, "data": data}))
+
+    async def run(self) -> None:
+        if self.flags.get("receive_lifecycle_events"):
+            await self.send("start_session", {})
+        while True:
+            message = await self.ws.receive()
+            if message.get("type") == "websocket.disconnect":
+                return
+            if message.get("bytes") is not None:
+                await self.audio(message["bytes"])
+                continue
+            parsed = json.loads(message.get("text") or "{}")
+            self.log.messages.append(parsed)
+            if parsed.get("type") == "stop_recording":
+                if self.fake.fault == "stall":
+                    continue
+                await self.end_utterance()
+                if self.flags.get("receive_lifecycle_events"):
+                    await self.send("end_recording",
+                                    {"recording_duration": round(self.recognizer.received, 3)})
+                    await self.send("end_session", {})
+                await self.ws.close(1000)
+                return
+
+    async def audio(self, pcm: bytes) -> None:
+        self.log.frames += 1
+        self.log.audio_bytes += len(pcm)
+        for word in self.recognizer.feed(pcm):
+            if self.utterance is None:
+                self.utterance = str(uuid.uuid4())
+                if self.flags.get("receive_speech_events"):
+                    await self.send("speech_start", {"time": word.start, "channel": 0})
+            if word.ends_sentence:
+                await self.end_utterance(word)
+            elif self.flags.get("receive_partial_transcripts"):
+                await self.transcript(self.recognizer.open_words(), final=False)
+        if self.utterance and self.recognizer.silence_run >= self.endpointing:
+            await self.end_utterance()
+
+    async def end_utterance(self, through: FakeWord | None = None) -> None:
+        words = self.recognizer.close_segment(through)
+        if self.utterance is None or not words:
+            return
+        await self.transcript(words, final=True)
+        if self.flags.get("receive_speech_events"):
+            await self.send("speech_end", {"time": words[-1].end, "channel": 0})
+        self.utterance = None
+        self.finals += 1
+        if self.fake.fault == "server_error":
+            await self.ws.close(1011, "Internal error")
+            raise WebSocketDisconnect(1011)
+        if self.fake.fault == "malformed":
+            await self.ws.send_text("<<not json>>")
+
+    async def transcript(self, words: list[FakeWord], *, final: bool) -> None:
+        if final and not self.flags.get("receive_final_transcripts", True):
+            return
+        await self.send("transcript", {"id": self.utterance, "is_final": final, "utterance": {
+            "text": " ".join(w.text for w in words), "start": words[0].start,
+            "end": words[-1].end, "language": "en", "channel": 0, "confidence": 0.93,
+            "words": [{"word": (" " if i else "") + w.text, "start": w.start, "end": w.end,
+                       "confidence": 0.93} for i, w in enumerate(words)]}})
