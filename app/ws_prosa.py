@@ -28,7 +28,7 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,7 +98,7 @@ CONTAINER_MAGIC: tuple[tuple[bytes, str], ...] = (
 # Declared `audio.format` values whose streams may lack a magic number.
 DECLARED_CONTAINERS = {"mp3": "mp3", "aac": "aac", "ogg": "ogg", "opus": "ogg",
                        "flac": "flac", "webm": "matroska"}
-Sink = Callable[[bytes], Awaitable[None]]
+Sink = Callable[[bytes], Coroutine[Any, Any, None]]
 
 
 def sniff(head: bytes, declared: str) -> str:
@@ -259,7 +259,7 @@ class _ContainerPath:
         try:
             # A named format and a small probe: decoding starts with the first frames instead
             # of waiting for megabytes of probe data.
-            with av.open(self.pipe, mode="r", format=self.fmt,  # type: ignore[call-overload]
+            with av.open(self.pipe, mode="r", format=self.fmt,
                          options={"probesize": "4096", "analyzeduration": "0"}) as container:
                 if not container.streams.audio:
                     raise ValueError("no audio stream")
@@ -294,33 +294,29 @@ class StreamDecoder:
         self.rate = rate
         self.declared = declared_format
         self.channels = channels
-        self._head = b""
+        self._head = b""  # first bytes, until the format is known
         self._path: _PcmPath | _ContainerPath | None = None
 
     async def feed(self, data: bytes) -> None:
         if self._path is None:
             self._head += data
-            if not await self._choose(final=False):
+            if not self._choose(final=False):
                 return
             data, self._head = self._head, b""
-            if isinstance(self._path, _PcmPath) and self._wav is not None:
-                data = data[self._wav.data_offset:]
-        await self._push(data, last=False)
+        await self._push(data)
 
     async def end(self) -> None:
         if self._path is None:
-            await self._choose(final=True)
+            self._choose(final=True)
             data, self._head = self._head, b""
-            if isinstance(self._path, _PcmPath) and self._wav is not None:
-                data = data[self._wav.data_offset:]
-            await self._push(data, last=False)
-        if isinstance(self._path, _ContainerPath):
-            try:
+            await self._push(data)
+        try:
+            if isinstance(self._path, _ContainerPath):
                 await self._path.end()
-            except ValueError as exc:
-                raise GatewayError(4400, f"invalid audio: {exc}", code="invalid_audio") from None
-        elif self._path is not None:
-            await self._push(b"", last=True)
+            elif self._path is not None:
+                await self._push(b"", last=True)
+        except ValueError as exc:
+            raise GatewayError(4400, f"invalid audio: {exc}", code="invalid_audio") from None
 
     async def aclose(self) -> None:
         if isinstance(self._path, _ContainerPath):
@@ -328,9 +324,7 @@ class StreamDecoder:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.shield(self._path.done), 5)
 
-    _wav: WavFormat | None = None
-
-    async def _choose(self, final: bool) -> bool:
+    def _choose(self, final: bool) -> bool:
         """Pick the decoding path once enough of the first bytes are here."""
         if len(self._head) < SNIFF_BYTES and not final:
             return False
@@ -346,19 +340,16 @@ class StreamDecoder:
                                        code="invalid_audio")
                 return False
             if wav.is_pcm16 and 1 <= wav.channels <= 8 and wav.rate > 0:
-                self._wav = wav
+                self._head = self._head[wav.data_offset:]
                 self._path = _PcmPath(wav.rate, self.rate, wav.channels, wav.data_size)
-                return True
-            kind = "wav"  # float, 24-bit, mu-law...: PyAV decodes it
-            self._path = _ContainerPath(kind, self.rate, self.sink)
-            return True
+                return True  # float, 24-bit, mu-law... WAV: PyAV decodes it below
         if kind == "raw":
             self._path = _PcmPath(self.rate, self.rate, self.channels)
         else:
             self._path = _ContainerPath(kind, self.rate, self.sink)
         return True
 
-    async def _push(self, data: bytes, last: bool) -> None:
+    async def _push(self, data: bytes, last: bool = False) -> None:
         if isinstance(self._path, _ContainerPath):
             if data:
                 try:
@@ -370,7 +361,6 @@ class StreamDecoder:
             pcm = self._path.process(data, last=last)
             if pcm:
                 await self.sink(pcm)
-
 
 class ProsaConnection:
     def __init__(self, websocket: WebSocket, gateway: Gateway) -> None:
