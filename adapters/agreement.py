@@ -63,17 +63,14 @@ class LocalAgreement:
         self._history.append(list(words))
         del self._history[:-self.n]
         if len(self._history) == self.n:
-            agreed = len(self._history[0])
-            for other in self._history[1:]:
-                agreed = min(agreed, common_prefix(self._history[0], other))
-            if agreed > len(self.stable) and self._extends_stable():
-                self.stable.extend(words[len(self.stable):agreed])
+            # Agreement is sought after the stable prefix, so a hypothesis that rewrote a
+            # stable word ("and short" -> "in short") does not block later commits.
+            tails = [self._tail(h) for h in self._history]
+            agreed = len(tails[-1])
+            for other in tails[:-1]:
+                agreed = min(agreed, common_prefix(other, tails[-1]))
+            self.stable.extend(tails[-1][:agreed])
         return Agreement(tuple(self.stable), tuple(self._tail(words)))
-
-    def _extends_stable(self) -> bool:
-        """Commit only when every recent hypothesis starts with what is already stable."""
-        k = len(self.stable)
-        return all(common_prefix(self.stable, h) == k for h in self._history)
 
     def _tail(self, words: list[str]) -> list[str]:
         """Words of `words` after the stable prefix (aligned by position)."""

@@ -215,7 +215,7 @@ class _Job:
     kind: str  # "final" | "finalized" | "end"
     segment_id: str = ""
     utterance: Utterance | None = None
-    speech_end: float | None = None  # for UtteranceEnd after the final
+    speech_end: float | None = None  # speech ended here: UtteranceEnd after the final
 
 
 class LocalStream(SttStream):
@@ -296,9 +296,8 @@ class LocalStream(SttStream):
             elif isinstance(event, SpeechEnd):
                 speech_end = event.sample / SAMPLE_RATE
             elif isinstance(event, Utterance):
-                job = _Job("final", self._segment_id(), event)
-                if event.reason in ("silence", "flush"):
-                    job.speech_end = speech_end
+                job = _Job("final", self._segment_id(), event, speech_end)
+                speech_end = None
                 self._open_id = None
                 self._agreement = LocalAgreement()
                 self._partial_at = 0
@@ -411,6 +410,7 @@ class LocalStream(SttStream):
             return  # the utterance closed while we decoded; its final is on the way
         self._utt_language = self._utt_language or language
         agreement = self._agreement.update(words)
+        logger.debug("partial %s agreed %r", segment_id, agreement.stable)
         self._partials_sent.add(segment_id)
         await self._emit(Transcript(
             segment_id=segment_id, is_final=False, text=agreement.text,

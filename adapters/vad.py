@@ -207,14 +207,23 @@ class VoiceActivitySegmenter:
         return events
 
     def cut(self) -> list[VadEvent]:
-        """Close the open utterance here (``reason="cut"``); speech that goes on continues
-        in a new utterance. Used for an explicit finalize."""
+        """Close the open utterance here (``reason="cut"``), for an explicit finalize.
+
+        If the speaker was already pausing, speech ends (`SpeechEnd`) and the next word
+        starts a new `SpeechStart`; otherwise speech goes on in a new utterance from here.
+        """
         if not self._triggered:
             return []
         events: list[VadEvent] = []
+        if self._temp_end:
+            events.append(SpeechEnd(self._temp_end))
+            self._close(self.samples, "cut", events)
+            self._triggered = False
+            self._temp_end = 0
+            self._trim()
+            return events
         self._close(self.samples, "cut", events)
         self._utt_start = self._onset = self.samples
-        self._temp_end = 0
         self._probs = []
         return events
 

