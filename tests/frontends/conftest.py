@@ -12,6 +12,7 @@ import pytest
 from tests.servers import Gateway, running_gateway
 
 ANONYMOUS_KEY_ID = "xrx-anonymous"
+ADMIN_TOKEN = "sg_admin_frontends_test"
 
 
 def encode(pcm: bytes, rate: int, container: str, codec: str) -> bytes:
@@ -33,5 +34,6 @@ def encode(pcm: bytes, rate: int, container: str, codec: str) -> bytes:
 @pytest.fixture(scope="module")
 def keyless_gateway() -> Iterator[Gateway]:
     """xrx clients send no key: this gateway attributes them to `ANONYMOUS_KEY_ID`."""
-    with running_gateway(idle_timeout=1.0, anonymous_key_id=ANONYMOUS_KEY_ID) as gw:
+    with running_gateway(idle_timeout=1.0, anonymous_key_id=ANONYMOUS_KEY_ID,
+                         admin_token=ADMIN_TOKEN) as gw:
         yield gw

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
 from app.errors import GatewayError
 from app.ws_xrx import provider_model
+from tests.frontends.conftest import ADMIN_TOKEN, ANONYMOUS_KEY_ID
 from tests.servers import Gateway, running_gateway
 from tests.speech import BECKETT_TEXT, pcm, wer
 
@@ -95,3 +97,22 @@ async def test_stt_provider_setting_picks_the_model() -> None:
                 await asyncio.wait_for(ws.recv(), 20)
     assert ws.close_code == 4503, ws.close_reason
     assert "deepgram" in (ws.close_reason or "").lower()
+
+
+async def test_keyless_use_is_a_managed_key_and_revoking_it_shuts_it_off(
+        keyless_gateway: Gateway) -> None:
+    """The first keyless session creates the key; the operator sees it and can revoke it."""
+    async with websockets.connect(f"{keyless_gateway.ws_url}/api/v1/ws") as ws:
+        await ws.send(b"")  # end of stream at once: a session opened and ended cleanly
+        assert await read_until_close(ws) == []
+    assert ws.close_code == 1000
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    url = f"{keyless_gateway.http_url}/v1/admin/keys/{ANONYMOUS_KEY_ID}"
+    async with httpx.AsyncClient(headers=admin) as http:
+        record = (await http.get(url)).json()
+        assert record["id"] == ANONYMOUS_KEY_ID and record["name"] == "anonymous"
+        assert (await http.delete(url)).json()["revoked"] is True
+    async with websockets.connect(f"{keyless_gateway.ws_url}/api/v1/ws") as ws:
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 10)
+    assert ws.close_code == 4401 and "revoked" in (ws.close_reason or "")
