@@ -118,3 +118,21 @@ async def test_protocol_misuse_is_reported_and_the_socket_goes_on(gateway: Gatew
         assert closed["code"] == 4408 and "idle" in closed["reason"]
     finally:
         await client.sio.disconnect()
+
+
+async def test_browser_style_auth_payload_and_a_second_session(gateway: Gateway) -> None:
+    """Browsers cannot set headers on a WebSocket: the key may come in the auth payload."""
+    client = Recorder()
+    await client.sio.connect(gateway.http_url, socketio_path=PATH,
+                             auth={"apiKey": gateway.dev_key}, transports=["websocket"])
+    try:
+        for _ in range(2):  # one socket, two sessions one after the other
+            await client.sio.emit("start-session", {"sampleRate": 48000})
+            await client.next("session-started")
+            await client.sio.emit("audio-chunk", {
+                "audio_base_64": base64.b64encode(bytes(9600)).decode(), "sample_rate": 48000})
+            await client.sio.emit("stop-session")
+            assert (await client.next("session-closed"))["code"] == 1000
+    finally:
+        await client.sio.disconnect()
+    assert len(client.transcripts("session_started")) == 2
