@@ -68,9 +68,11 @@ class SpeechgateClient:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         url = f"{self.url}/v1/transcribe?{urlencode(query, doseq=True)}"
         text_format = query.get("output_format", "text") == "text"
+        failures: list[BaseException] = []
         async with websockets.connect(url, additional_headers=headers, max_size=None,
                                       open_timeout=self.open_timeout) as ws:
-            sender = asyncio.create_task(self._send(ws, chunks, sample_rate, realtime, on_sent))
+            sender = asyncio.create_task(
+                self._send(ws, chunks, sample_rate, realtime, on_sent, failures))
             try:
                 async for raw in ws:
                     message = raw if isinstance(raw, str) else raw.decode()
@@ -81,16 +83,15 @@ class SpeechgateClient:
                 sender.cancel()
                 with contextlib.suppress(BaseException):
                     await sender
-            if sender.done() and not sender.cancelled() and sender.exception() is not None:
-                exc = sender.exception()
-                if not isinstance(exc, ConnectionClosed):
-                    raise exc  # type: ignore[misc]
+            if failures:
+                raise failures[0]
             code = ws.close_code if ws.close_code is not None else 1006
             if code != 1000:
                 raise SpeechgateError(code, ws.close_reason or "connection lost")
 
     async def _send(self, ws: Any, chunks: AsyncIterator[bytes] | Iterable[bytes],
-                    rate: int, realtime: bool, on_sent: Callable[[float], None] | None) -> None:
+                    rate: int, realtime: bool, on_sent: Callable[[float], None] | None,
+                    failures: list[BaseException]) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         sent = 0.0
@@ -115,10 +116,11 @@ class SpeechgateClient:
                         await asyncio.sleep(delay)
         except ConnectionClosed:
             raise
-        except Exception:
-            # Our side failed (e.g. undecodable file): end the session, then re-raise.
+        except Exception as exc:
+            # Our side failed (e.g. undecodable file): remember why, end the session.
+            failures.append(exc)
             await ws.close(1000, "client stopped")
-            raise
+            return
         await ws.send(json.dumps({"type": "close_stream"}))
 
     async def transcribe_file(self, path: str, *, realtime: bool = False,

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -14,7 +15,7 @@ from app.credentials import key_from_request
 from app.errors import GatewayError, to_gateway_error
 from app.gateway import Gateway
 from app.params import OUTPUT_FORMATS, parse_session_params
-from app.session import Session, SessionEnded, SessionError, open_session
+from app.session import Session, SessionEnded, SessionError, SessionEvent, open_session
 from app.wire import WireFormatter
 
 logger = logging.getLogger(__name__)
@@ -76,8 +77,11 @@ class NativeConnection:
         return str(data["api_key"])
 
     async def _run(self, session: Session) -> None:
+        events = session.events()
+        # session.created goes out before anything else, error events included.
+        await self._deliver(await anext(events))
         reader = asyncio.create_task(self._read(session), name=f"{session.id}:read")
-        writer = asyncio.create_task(self._write(session), name=f"{session.id}:write")
+        writer = asyncio.create_task(self._write(events), name=f"{session.id}:write")
         done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
         if reader in done and reader.exception() is None:
             # Client gone: nobody to write to; the session closes upstream on exit.
@@ -138,16 +142,19 @@ class NativeConnection:
             await self._error("invalid_message", f"unknown message type {shown!r}; expected "
                                                  "finalize, close_stream, keepalive or auth")
 
-    async def _write(self, session: Session) -> None:
-        async for event in session.events():
-            frame = self.formatter.render(event)
-            if frame is not None:
-                await self._send(frame)
-            if isinstance(event, SessionError):
-                self.gateway.metrics.session_error(event.error.close_code)
-                await self._close(event.error.close_code, event.error.reason)
-            elif isinstance(event, SessionEnded):
-                await self._close(1000, "session ended")
+    async def _write(self, events: AsyncIterator[SessionEvent]) -> None:
+        async for event in events:
+            await self._deliver(event)
+
+    async def _deliver(self, event: SessionEvent) -> None:
+        frame = self.formatter.render(event)
+        if frame is not None:
+            await self._send(frame)
+        if isinstance(event, SessionError):
+            self.gateway.metrics.session_error(event.error.close_code)
+            await self._close(event.error.close_code, event.error.reason)
+        elif isinstance(event, SessionEnded):
+            await self._close(1000, "session ended")
 
     async def _error(self, code: str, message: str) -> None:
         """A non-fatal error event (json and verbose_json formats)."""

@@ -69,7 +69,7 @@ async def test_batch_errors_are_json_with_status(gateway: Gateway) -> None:
                                   headers={"X-API-Key": gateway.dev_key})
         bad_param = await http.post("/v1/transcribe?temperature=9", content=BECKETT,
                                     headers={"X-API-Key": gateway.dev_key})
-    assert no_key.status_code == 401 and no_key.json()["error"]["code"] == "unauthorized"
+    assert no_key.status_code == 401 and "key" in no_key.json()["error"]["message"]
     assert garbage.status_code == 400 and "audio" in garbage.json()["error"]["message"]
     assert bad_param.status_code == 400 and "temperature" in bad_param.json()["error"]["message"]
 
