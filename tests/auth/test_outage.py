@@ -12,22 +12,17 @@ import redis as redis_sync
 
 from auth import AccessDenied, GatewayAccessControl, keys
 from auth.redis_store import RedisBackend
-from tests.servers import RedisServer, _spawn_redis, redis_server, wait_for_port
+from tests.auth.redis_restart import persistent_redis, start_again
+from tests.servers import RedisServer
 
 MODEL = "local.tiny.en"
-PERSISTENT = ("--appendonly", "yes", "--appendfsync", "always")
 
 
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
     """A redis-server this test may stop and start; it keeps its data (AOF) across restarts."""
-    with redis_server(*PERSISTENT) as server:
+    with persistent_redis() as server:
         yield server
-
-
-def start_again(server: RedisServer) -> None:
-    server.process = _spawn_redis(server.port, server.directory, *PERSISTENT)
-    wait_for_port(server.port, proc=server.process)
 
 
 @pytest.fixture
