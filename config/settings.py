@@ -50,7 +50,8 @@ class Settings(BaseSettings):
     failed_auth_per_minute: int = 20
     # xrx clients send no key: attribute anonymous /api/v1/ws connections to this key id.
     anonymous_key_id: str | None = None
-    stt_provider: str = "faster_whisper"
+    # xrx's own variable name is accepted too (faster_whisper | groq | deepgram).
+    stt_provider: str = Field("faster_whisper", validation_alias=_env("STT_PROVIDER"))
 
     # --- local engine --------------------------------------------------------------------
     local_model_dir: str | None = None
