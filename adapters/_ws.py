@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 # Seconds given to the closing handshake before the TCP connection is dropped.
 CLOSE_TIMEOUT = 2.0
+# Quiet time after a final that answers a finalize, for providers that do not mark it.
+FINALIZE_QUIET = 0.25
 
 
 def http_status_error(
@@ -110,6 +112,7 @@ class WebSocketStream(SttStream):
         self._ws: ClientConnection | None = None
         self._finalizes = 0  # finalize() calls still waiting for their Finalized
         self._finalize_timer: asyncio.TimerHandle | None = None
+        self._quiet_timer: asyncio.TimerHandle | None = None
 
     # ---- provider hooks ------------------------------------------------------------------
 
@@ -126,6 +129,12 @@ class WebSocketStream(SttStream):
     async def _on_upstream_closed(self) -> None:
         """The upstream closed normally: emit what is still pending (then the stream ends)."""
 
+    def _fail(self, error: ProviderError) -> None:
+        if self._closed:  # after aclose, a task tripping over the closed socket is no news
+            self._finish()
+            return
+        super()._fail(error)
+
     # ---- plumbing ------------------------------------------------------------------------
 
     async def _connect(self, url: str, headers: dict[str, str]) -> None:
@@ -133,11 +142,17 @@ class WebSocketStream(SttStream):
                                         open_within=self.context.connect_timeout)
 
     def _start_reader(self) -> None:
-        self._spawn(self._read(), "reader")
+        assert self._ws is not None
+        self._spawn(self._read(self._ws), "reader")
 
-    async def _read(self) -> None:
-        ws = self._ws
-        assert ws is not None
+    async def _read(self, ws: ClientConnection) -> None:
+        try:
+            await self._read_messages(ws)
+        except ProviderError:
+            if not self._closed:  # after aclose, a broken upstream is no news
+                raise
+
+    async def _read_messages(self, ws: ClientConnection) -> None:
         try:
             async for raw in ws:
                 if isinstance(raw, bytes):
@@ -212,6 +227,25 @@ class WebSocketStream(SttStream):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def _final_seen(self, segment_open: bool) -> None:
+        """For providers with no explicit answer to a finalize (AssemblyAI, Gladia): after a
+        final, with no segment open, and `FINALIZE_QUIET` s without further transcripts,
+        the finalize counts as answered. A natural end-of-turn that was already in flight
+        when we asked is followed by the partials of the next segment, which re-open it."""
+        if self._quiet_timer is not None:
+            self._quiet_timer.cancel()
+            self._quiet_timer = None
+        if self._finalizes and not segment_open:
+            loop = asyncio.get_running_loop()
+            self._quiet_timer = loop.call_later(FINALIZE_QUIET, self._quiet_elapsed)
+
+    def _quiet_elapsed(self) -> None:
+        self._quiet_timer = None
+        if self._finalizes and not self._ended:
+            task = asyncio.get_running_loop().create_task(self._finalized())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
     async def _finalized(self) -> None:
         """The provider answered every pending finalize: emit the acknowledgements."""
         if self._finalizes:
@@ -219,9 +253,10 @@ class WebSocketStream(SttStream):
 
     async def _release_finalizes(self, *, timed_out: bool) -> None:
         count, self._finalizes = self._finalizes, 0
-        if self._finalize_timer is not None:
-            self._finalize_timer.cancel()
-            self._finalize_timer = None
+        for timer in (self._finalize_timer, self._quiet_timer):
+            if timer is not None:
+                timer.cancel()
+        self._finalize_timer = self._quiet_timer = None
         if timed_out and count:
             await self._emit(ProviderWarning("finalize_timeout",
                                               "provider did not confirm finalize in time"))
@@ -229,9 +264,10 @@ class WebSocketStream(SttStream):
             await self._emit(Finalized())
 
     async def _shutdown(self) -> None:
-        if self._finalize_timer is not None:
-            self._finalize_timer.cancel()
-            self._finalize_timer = None
+        for timer in (self._finalize_timer, self._quiet_timer):
+            if timer is not None:
+                timer.cancel()
+        self._finalize_timer = self._quiet_timer = None
         ws, self._ws = self._ws, None
         if ws is not None:
             with contextlib.suppress(Exception):

@@ -207,6 +207,7 @@ class AssemblyAIStream(WebSocketStream):
         self._buffer = bytearray()
         self._outbox: asyncio.Queue[bytes | dict[str, Any]] = asyncio.Queue(maxsize=10)
         self._next_send = 0.0
+        self._force_sent = False
 
     async def _start(self) -> None:
         base = (self.context.base_url or "wss://streaming.assemblyai.com").rstrip("/")
@@ -242,6 +243,7 @@ class AssemblyAIStream(WebSocketStream):
             item = await self._outbox.get()
             if isinstance(item, dict):
                 await self._send_json(item)
+                self._force_sent |= item["type"] == "ForceEndpoint"
                 if item["type"] == "Terminate":
                     self._arm_flush_deadline("Terminate")
                     return
@@ -282,12 +284,14 @@ class AssemblyAIStream(WebSocketStream):
     async def _on_message(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == "Turn":
-            finals = 0
             for event in self._tracker.feed(parse_turn(message)):
-                finals += event.is_final
                 await self._emit(event)
-            if finals and not self._tracker.turn_open:
-                await self._finalized()
+            # ForceEndpoint has no marked answer: once it is sent (the pacer may still hold
+            # audio before it), a final followed by quiet answers it.
+            if self._force_sent:
+                self._final_seen(self._tracker.turn_open)
+            if not self._finalizes:
+                self._force_sent = False
         elif kind == "SpeechStarted":
             await self._emit(SpeechStarted(int(message.get("timestamp") or 0) / 1000))
         elif kind == "Termination":

@@ -185,6 +185,7 @@ class GladiaStream(WebSocketStream):
             if not t.is_final:
                 if t.text:
                     self._open = t.segment_id
+                    self._final_seen(segment_open=True)
                     if self.options.interim_results:
                         await self._emit(t)
                 return
@@ -192,8 +193,7 @@ class GladiaStream(WebSocketStream):
             if self._open == t.segment_id:
                 self._open = None
             await self._emit(t)
-            if self._open is None:
-                await self._finalized()
+            self._final_seen(self._open is not None)
         elif kind == "speech_start":
             await self._emit(SpeechStarted(self._to_stream(float(message["data"]["time"]))))
         elif kind == "speech_end":

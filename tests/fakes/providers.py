@@ -1,0 +1,106 @@
+"""One way to stand up any provider's fake with an adapter pointed at it.
+
+Used by the contract suite, the error-mapping test, the end-to-end tests and the relay
+benchmark: ``async with upstream("deepgram", fault="drop") as up: up.adapter.open_stream(...)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from adapters.base import Adapter, AdapterContext
+
+# provider -> (default model, PCM rate the adapter is fed, settings key prefix)
+CLOUD: dict[str, tuple[str, int]] = {
+    "deepgram": ("nova-3", 16000),
+    "assemblyai": ("universal-streaming-english", 16000),
+    "openai": ("gpt-4o-transcribe", 24000),
+    "gladia": ("solaria-1", 16000),
+    "groq": ("whisper-large-v3-turbo", 16000),
+}
+KEYS = {"deepgram": "dg-test-key", "assemblyai": "aai-test-key", "openai": "sk-test-key",
+        "gladia": "gladia-test-key", "groq": "gsk_test_key"}
+
+
+@dataclass
+class Upstream:
+    provider: str
+    model: str
+    rate: int
+    fake: Any
+    base_url: str
+    api_key: str
+    adapter: Adapter
+
+    def settings(self) -> dict[str, Any]:
+        """Gateway settings overrides that point this provider at the fake."""
+        return {f"{self.provider}_api_key": self.api_key,
+                f"{self.provider}_base_url": self.base_url}
+
+    async def sessions_closed(self) -> None:
+        """Wait until the fake holds no upstream session open (bound it with a timeout)."""
+        for log in list(getattr(self.fake, "sessions", None) or []):
+            await log.closed.wait()
+
+    def open_sessions(self) -> int:
+        """Upstream sessions the fake still holds open (WebSocket providers)."""
+        sessions = getattr(self.fake, "sessions", None) or []
+        return sum(not log.closed.is_set() for log in sessions)
+
+
+def make_fake(provider: str, **kw: Any) -> tuple[Any, Any]:
+    """The fake for `provider` and a function giving its base URL once started."""
+    if provider == "deepgram":
+        from tests.fakes.deepgram import FakeDeepgram
+
+        return FakeDeepgram(**kw), lambda f: f.url
+    if provider == "assemblyai":
+        from tests.fakes.assemblyai import FakeAssemblyAI
+
+        return FakeAssemblyAI(**kw), lambda f: f.url
+    if provider == "openai":
+        from tests.fakes.openai import FakeOpenAI
+
+        return FakeOpenAI(**kw), lambda f: f.base_url
+    if provider == "gladia":
+        from tests.fakes.gladia import FakeGladia
+
+        return FakeGladia(**kw), lambda f: f.http_url
+    if provider == "groq":
+        from tests.fakes.groq import FakeGroq
+
+        return FakeGroq(**kw), lambda f: f.base_url
+    raise ValueError(provider)
+
+
+def adapter_class(provider: str) -> type[Adapter]:
+    import importlib
+
+    from adapters.registry import PROVIDERS
+
+    module, _, name = PROVIDERS[provider].partition(":")
+    cls: type[Adapter] = getattr(importlib.import_module(module), name)
+    return cls
+
+
+@contextlib.asynccontextmanager
+async def upstream(provider: str, *, api_key: str | None = None, model: str | None = None,
+                   connect_timeout: float = 5.0, flush_timeout: float = 5.0,
+                   extra: dict[str, Any] | None = None, **fake_kw: Any) -> AsyncIterator[Upstream]:
+    """Start `provider`'s fake and build its adapter (with `api_key`, default: the right one)."""
+    default_model, rate = CLOUD[provider]
+    fake, base = make_fake(provider, **fake_kw)
+    async with fake:
+        key = KEYS[provider] if api_key is None else api_key
+        context = AdapterContext(api_key=key, base_url=base(fake),
+                                 connect_timeout=connect_timeout, flush_timeout=flush_timeout,
+                                 extra=extra or {})
+        adapter = adapter_class(provider)(context)
+        try:
+            yield Upstream(provider, model or default_model, rate, fake, base(fake),
+                           KEYS[provider], adapter)
+        finally:
+            await adapter.aclose()
