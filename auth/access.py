@@ -105,23 +105,23 @@ class GatewayAccessControl(AccessControl):
         if not secret:
             raise AccessDenied(4401, "missing API key", code="missing_key")
         key_hash = credentials.hash_secret(secret)
+        watch = client if self.failed_auth_per_minute > 0 else None
         try:
-            if client and self.failed_auth_per_minute > 0:
-                failures, remaining = await self.backend.auth_failures(client)
-                if failures >= self.failed_auth_per_minute:
-                    raise self._too_many_failures(remaining)
-            found = await self.store.resolve(secret)
+            found = await self.store.lookup(secret, client=watch)
         except StoreUnavailable:
             cached = self._cached(key_hash)
             if cached is not None:
                 return cached
             raise AccessDenied(4503, "key store unavailable, try again shortly",
                                code="store_unavailable", retry_after=1.0) from None
-        if found is None:
+        if watch and found.failures >= self.failed_auth_per_minute:
+            # Blocked for the rest of the window, even with a right key.
+            raise self._too_many_failures(found.failures_reset_in)
+        record, token_expires_at = found.record, found.token_expires_at
+        if record is None:
             self._cache.pop(key_hash, None)
             await self._note_failure(client)
             raise AccessDenied(4401, "invalid API key", code="invalid_key")
-        record, token_expires_at = found
         self._check_key(record, key_hash)
         principal = Principal(record, via_token=token_expires_at is not None)
         self._cache[key_hash] = _Cached(principal, time.monotonic(), token_expires_at)

@@ -55,6 +55,17 @@ class Period:
         return cls(moment.strftime("%Y-%m-%d"), moment.strftime("%Y-%m"))
 
 
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What authentication needs, fetched together: the key record, the token's expiry (when
+    a token hash was asked for) and the client's failed attempts in the current window."""
+
+    record: KeyRecord | None
+    token_expires_at: float | None = None
+    failures: int = 0
+    failures_reset_in: float = 0.0
+
+
 # Usage hashes keep about 13 months so the monthly quota and /v1/usage have their data.
 USAGE_TTL_SECONDS = 400 * 86400
 
@@ -79,6 +90,15 @@ class Backend(ABC):
 
     @abstractmethod
     async def find_key_id(self, key_hash: str) -> str | None: ...
+
+    async def lookup(self, key_id: str, *, token_hash: str | None = None,
+                     client: str | None = None) -> Lookup:
+        """Key record (+ token expiry, + client's failed attempts). Backends with round trips
+        override this to fetch it all in one."""
+        record = await self.get_key(key_id)
+        expiry = await self.token_expiry(key_id, token_hash) if token_hash else None
+        failures, reset_in = await self.auth_failures(client) if client else (0, 0.0)
+        return Lookup(record, expiry, failures, reset_in)
 
     @abstractmethod
     async def drop_hash(self, key_hash: str) -> None: ...

@@ -26,6 +26,7 @@ from auth.backend import (
     USAGE_TTL_SECONDS,
     AdmitResult,
     Backend,
+    Lookup,
     Period,
     Quotas,
     StoreUnavailable,
@@ -204,6 +205,25 @@ class RedisBackend(Backend):
         with _outage_as_unavailable():
             value = await self._client.get(keys.hash_index(key_hash))
         return str(value) if value else None
+
+    async def lookup(self, key_id: str, *, token_hash: str | None = None,
+                     client: str | None = None) -> Lookup:
+        # One round trip (a pipeline; on a cluster, one per node involved).
+        with _outage_as_unavailable():
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hgetall(keys.key_record(key_id))
+            if token_hash:
+                pipe.hget(keys.key_tokens(key_id), token_hash)
+            if client:
+                pipe.get(keys.auth_failures(client))
+                pipe.pttl(keys.auth_failures(client))
+            replies = list(await pipe.execute())
+        fields = replies.pop(0)
+        expiry = replies.pop(0) if token_hash else None
+        failures, pttl = (replies[0], replies[1]) if client else (None, 0)
+        return Lookup(record_from_fields(fields) if fields else None,
+                      float(expiry) if expiry else None,
+                      int(failures or 0), max(0.0, int(pttl) / 1000))
 
     async def drop_hash(self, key_hash: str) -> None:
         with _outage_as_unavailable():

@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from auth import credentials
-from auth.backend import Backend, Period
+from auth.backend import Backend, Lookup, Period
 from auth.base import KeyLimits, KeyRecord
 
 MAX_TOKEN_TTL = 600.0
@@ -80,9 +81,15 @@ def _apply(record: KeyRecord, fields: dict[str, Any]) -> KeyRecord:
     return dataclasses.replace(record, limits=limits, **other)
 
 
+# Secret hash -> key id is immutable once written, so found ids are cached (never misses):
+# a stale entry after a rotation is caught by comparing the record's hash.
+KEY_ID_CACHE_SIZE = 4096
+
+
 class KeyStore:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
+        self._key_ids: OrderedDict[str, str] = OrderedDict()
 
     # --- lifecycle ---------------------------------------------------------------------
     async def create(self, name: str, **fields: Any) -> tuple[KeyRecord, str]:
@@ -153,21 +160,36 @@ class KeyStore:
         """The key behind a secret or token (and the token's expiry), or None if unknown.
 
         Revoked and expired keys are returned as they are: the caller says why they fail."""
-        token_key = credentials.token_key_id(secret)
+        found = await self.lookup(secret)
+        if found.record is None:
+            return None
+        return found.record, found.token_expires_at
+
+    async def lookup(self, secret: str, *, client: str | None = None) -> Lookup:
+        """Like `resolve`, also fetching ``client``'s failed attempts in the same round trip.
+        ``record`` is None for an unknown key, a wrong secret or a dead token."""
         key_hash = credentials.hash_secret(secret)
-        if token_key is not None:
-            expires_at = await self.backend.token_expiry(token_key, key_hash)
-            if expires_at is None or expires_at <= time.time():
-                return None
-            record = await self.backend.get_key(token_key)
-            return (record, expires_at) if record is not None else None
-        key_id = await self.backend.find_key_id(key_hash)
+        token_key = credentials.token_key_id(secret)
+        key_id = token_key or self._key_ids.get(key_hash)
         if key_id is None:
-            return None
-        record = await self.backend.get_key(key_id)
-        if record is None or not credentials.same_hash(record.key_hash, key_hash):
-            return None
-        return record, None
+            key_id = await self.backend.find_key_id(key_hash)
+            if key_id is None:
+                failures = await self.backend.auth_failures(client) if client else (0, 0.0)
+                return Lookup(None, None, *failures)
+            self._key_ids[key_hash] = key_id
+            while len(self._key_ids) > KEY_ID_CACHE_SIZE:
+                self._key_ids.popitem(last=False)
+        found = await self.backend.lookup(key_id, token_hash=key_hash if token_key else None,
+                                          client=client)
+        record = found.record
+        if token_key is not None:
+            expiry = found.token_expires_at
+            if expiry is None or expiry <= time.time():
+                record = None
+        elif record is None or not credentials.same_hash(record.key_hash, key_hash):
+            record = None
+        return Lookup(record, found.token_expires_at if record else None, found.failures,
+                      found.failures_reset_in)
 
     async def mint_token(self, key_id: str, ttl_seconds: float) -> tuple[str, float]:
         if not 0 < ttl_seconds <= MAX_TOKEN_TTL:
