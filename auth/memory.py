@@ -12,6 +12,7 @@ from auth.base import KeyRecord
 RATE_WINDOW = 60.0
 # Retry hint when every concurrency slot is taken: slots free when sessions end, not on a clock.
 CONCURRENCY_RETRY_AFTER = 5.0
+MAX_TRACKED_CLIENTS = 10_000
 
 
 class MemoryBackend(Backend):
@@ -111,6 +112,9 @@ class MemoryBackend(Backend):
         return (count, remaining) if remaining > 0 else (0, 0.0)
 
     async def note_auth_failure(self, client: str) -> tuple[int, float]:
+        if len(self._failures) > MAX_TRACKED_CLIENTS:  # forget finished windows
+            now = time.time()
+            self._failures = {c: v for c, v in self._failures.items() if v[1] > now}
         count, remaining = await self.auth_failures(client)
         if remaining <= 0:
             remaining = RATE_WINDOW

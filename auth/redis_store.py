@@ -168,6 +168,8 @@ class RedisBackend(Backend):
         self._auth_fail = client.register_script(AUTH_FAIL_LUA)
 
     async def ping(self) -> bool:
+        if self._client is None:
+            return False
         try:
             return bool(await self._client.ping())
         except (RedisError, OSError):
