@@ -113,6 +113,7 @@ class WebSocketStream(SttStream):
         self._finalizes = 0  # finalize() calls still waiting for their Finalized
         self._finalize_timer: asyncio.TimerHandle | None = None
         self._quiet_timer: asyncio.TimerHandle | None = None
+        self._error: ProviderError | None = None
 
     # ---- provider hooks ------------------------------------------------------------------
 
@@ -133,7 +134,13 @@ class WebSocketStream(SttStream):
         if self._closed:  # after aclose, a task tripping over the closed socket is no news
             self._finish()
             return
+        self._error = self._error or error
         super()._fail(error)
+
+    def _ended_error(self) -> ProviderError:
+        """What to raise to a caller once the stream has ended."""
+        return self._error or ProviderProtocolError("the stream has ended",
+                                                    provider=self.provider)
 
     # ---- plumbing ------------------------------------------------------------------------
 

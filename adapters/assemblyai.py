@@ -208,6 +208,7 @@ class AssemblyAIStream(WebSocketStream):
         self._outbox: asyncio.Queue[bytes | dict[str, Any]] = asyncio.Queue(maxsize=10)
         self._next_send = 0.0
         self._force_sent = False
+        self._sender_task: asyncio.Task[None] | None = None
 
     async def _start(self) -> None:
         base = (self.context.base_url or "wss://streaming.assemblyai.com").rstrip("/")
@@ -216,7 +217,7 @@ class AssemblyAIStream(WebSocketStream):
                             {"Authorization": str(self.context.api_key)})
         await self._await_begin()
         self._start_reader()
-        self._spawn(self._sender(), "sender")
+        self._sender_task = self._spawn(self._sender(), "sender")
 
     async def _await_begin(self) -> None:
         from websockets.exceptions import ConnectionClosed
@@ -231,7 +232,7 @@ class AssemblyAIStream(WebSocketStream):
             raise ProviderTimeout("no Begin message", provider=PROVIDER, retryable=True) from exc
         message = json.loads(raw)
         if message.get("type") == "Error":
-            raise self._error(message)
+            raise self._error_message(message)
         if message.get("type") != "Begin":
             raise ProviderProtocolError(f"expected Begin, got {message.get('type')!r}",
                                         provider=PROVIDER)
@@ -264,7 +265,20 @@ class AssemblyAIStream(WebSocketStream):
         while len(self._buffer) >= min_ms * self._bytes_per_ms:
             chunk = bytes(self._buffer[:frame])
             del self._buffer[:frame]
-            await self._outbox.put(chunk)
+            await self._enqueue(chunk)
+
+    async def _enqueue(self, item: bytes | dict[str, Any]) -> None:
+        """Queue for the paced sender; waits while it is behind, fails if it has died."""
+        if self._outbox.full() and self._sender_task is not None:
+            put = asyncio.ensure_future(self._outbox.put(item))
+            await asyncio.wait({put, self._sender_task}, return_when=asyncio.FIRST_COMPLETED)
+            if not put.done():
+                put.cancel()
+                raise self._ended_error()
+        elif self._sender_task is not None and self._sender_task.done():
+            raise self._ended_error()
+        else:
+            self._outbox.put_nowait(item)
 
     async def _finalize(self) -> None:
         # A remainder under 50 ms stays buffered for the next frame.
@@ -272,14 +286,14 @@ class AssemblyAIStream(WebSocketStream):
         turn_open = self._tracker.turn_open or not self._outbox.empty()
         self._expect_finalized(None if turn_open else min(1.0, self.context.flush_timeout),
                                quiet=not turn_open)
-        await self._outbox.put({"type": "ForceEndpoint"})
+        await self._enqueue({"type": "ForceEndpoint"})
 
     async def _close_stream(self) -> None:
         if self._buffer:  # the tail, padded with silence to the 50 ms minimum
             minimum = MIN_FRAME_MS * self._bytes_per_ms
             self._buffer += bytes(max(0, minimum - len(self._buffer)))
         await self._drain(1)
-        await self._outbox.put({"type": "Terminate"})
+        await self._enqueue({"type": "Terminate"})
 
     async def _on_message(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
@@ -299,9 +313,9 @@ class AssemblyAIStream(WebSocketStream):
             if message.get("audio_duration_seconds") is not None:
                 await self._emit(ProviderUsage(float(message["audio_duration_seconds"])))
         elif kind == "Error":
-            raise self._error(message)
+            raise self._error_message(message)
 
-    def _error(self, message: dict[str, Any]) -> ProviderError:
+    def _error_message(self, message: dict[str, Any]) -> ProviderError:
         code = int(message.get("error_code") or 3005)
         return close_error(code, str(message.get("error") or "")) or ProviderProtocolError(
             "upstream error", provider=PROVIDER, code=code)

@@ -33,6 +33,7 @@ from adapters.base import (
     ProviderError,
     ProviderProtocolError,
     ProviderTimeout,
+    ProviderUnavailable,
     ProviderUsage,
     ProviderWarning,
     SpeechStarted,
@@ -85,6 +86,8 @@ def error_of(event: dict[str, Any]) -> ProviderError:
     error = event.get("error") or {}
     code = str(error.get("code") or error.get("type") or "error")
     message = str(error.get("message") or "upstream error")
+    if error.get("type") == "server_error":
+        return ProviderUnavailable(message, provider=PROVIDER, code=code, retryable=True)
     if "language" in str(error.get("param") or "") or "prompt" in str(error.get("param") or ""):
         return ProviderBadRequest(message, provider=PROVIDER, code=code)
     return ProviderProtocolError(message, provider=PROVIDER, code=code)

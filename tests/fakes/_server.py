@@ -144,7 +144,11 @@ class AsgiFake:
                 await asyncio.sleep(0.01)
         return self
 
+    def stopping(self) -> None:
+        """Called before shutdown: release any handler a fault keeps waiting."""
+
     async def __aexit__(self, *exc: object) -> None:
+        self.stopping()
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
             with contextlib.suppress(TimeoutError):

@@ -104,8 +104,9 @@ class _Session:
             elif kind == "KeepAlive":
                 continue
             elif kind == "Terminate":
-                if self.fake.fault == "stall":
-                    await asyncio.Event().wait()
+                if self.fake.fault == "stall":  # never answer; wait for the client to go
+                    await self.ws.wait_closed()
+                    return
                 await self.end_turn()
                 await self.send({"type": "Termination",
                                  "audio_duration_seconds": round(self.recognizer.received, 3),

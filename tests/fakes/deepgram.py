@@ -106,8 +106,9 @@ class _Session:
             if kind == "Finalize":
                 await self.piece(speech_final=False, from_finalize=True)
             elif kind == "CloseStream":
-                if self.fake.fault == "stall":
-                    await asyncio.Event().wait()
+                if self.fake.fault == "stall":  # never answer; wait for the client to go
+                    await self.ws.wait_closed()
+                    return
                 await self.piece(speech_final=True)
                 await self.send({"type": "Metadata", "transaction_key": "deprecated",
                                  "request_id": str(uuid.uuid4()), "sha256": "0" * 64,

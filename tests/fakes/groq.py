@@ -21,5 +21,8 @@ class FakeGroq(AsgiFake):
     def base_url(self) -> str:
         return f"{self.http_url}/openai/v1"
 
+    def stopping(self) -> None:
+        self.rest.released.set()
+
     def app(self) -> Any:
         return Starlette(routes=self.rest.routes())

@@ -54,6 +54,9 @@ class FakeOpenAI(AsgiFake):
     def base_url(self) -> str:
         return f"{self.http_url}/v1"
 
+    def stopping(self) -> None:
+        self.rest.released.set()
+
     def app(self) -> Any:
         return Starlette(routes=[WebSocketRoute("/v1/realtime", self.realtime),
                                  *self.rest.routes()])

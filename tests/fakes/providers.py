@@ -99,8 +99,10 @@ async def upstream(provider: str, *, api_key: str | None = None, model: str | No
                                  connect_timeout=connect_timeout, flush_timeout=flush_timeout,
                                  extra=extra or {})
         adapter = adapter_class(provider)(context)
+        model = model or default_model
+        rate = adapter.capabilities(model).input_sample_rate
         try:
-            yield Upstream(provider, model or default_model, rate, fake, base(fake),
+            yield Upstream(provider, model, rate, fake, base(fake),
                            KEYS[provider], adapter)
         finally:
             await adapter.aclose()

@@ -123,6 +123,8 @@ class TranscriptionsFake:
                                                                    BECKETT_TEXT))
     fault: str | None = None
     requests: list[RequestLog] = field(default_factory=list)
+    # Set when the fake stops: a stalled request then ends.
+    released: asyncio.Event = field(default_factory=asyncio.Event)
 
     def routes(self) -> list[Route]:
         return [Route(f"{self.prefix}/models", self.list_models, methods=["GET"]),
@@ -158,7 +160,8 @@ class TranscriptionsFake:
         if self.fault == "server_error":
             return _error(500, "Internal server error", "internal_error")
         if self.fault == "stall":
-            await asyncio.Event().wait()
+            await self.released.wait()
+            return _error(504, "gateway timeout", "timeout")
         if self.fault == "malformed":
             return PlainTextResponse("<html>bad gateway</html>")
         model = fields.get("model", [""])[0]

@@ -1,0 +1,175 @@
+"""No transport or SDK exception escapes ``adapters/``: every fault the fakes can inject, and
+refused connections, DNS failures and timeouts, end as the right `ProviderError` subclass
+carrying the provider's code (which the gateway puts in the close reason)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from adapters.base import (
+    AdapterContext,
+    ProviderAuthError,
+    ProviderBadRequest,
+    ProviderError,
+    ProviderProtocolError,
+    ProviderRateLimited,
+    ProviderTimeout,
+    ProviderUnavailable,
+    StreamOptions,
+)
+from tests.fakes.driver import run
+from tests.fakes.providers import CLOUD, KEYS, adapter_class, upstream
+from tests.servers import free_port
+from tests.speech import pcm
+
+FIVE_SECONDS = pcm("beckett.wav")[: 5 * 32000]
+
+# (provider, fault, error class, provider code or None to skip the code check)
+FAULTS: list[tuple[str, str, type[ProviderError], object]] = [
+    ("deepgram", "rate_limit", ProviderRateLimited, 429),
+    ("deepgram", "server_error", ProviderUnavailable, 503),
+    ("deepgram", "drop", ProviderTimeout, "NET-0000"),
+    ("deepgram", "data_error", ProviderProtocolError, "DATA-0000"),
+    ("deepgram", "malformed", ProviderProtocolError, "malformed"),
+    ("deepgram", "stall", ProviderTimeout, None),
+    ("assemblyai", "too_many", ProviderRateLimited, 3009),
+    ("assemblyai", "server_error", ProviderUnavailable, 3005),
+    ("assemblyai", "malformed", ProviderProtocolError, "malformed"),
+    ("assemblyai", "stall", ProviderTimeout, None),
+    ("openai", "rate_limit", ProviderRateLimited, 429),
+    ("openai", "server_error", ProviderUnavailable, "server_error"),
+    ("openai", "malformed", ProviderProtocolError, "malformed"),
+    ("openai", "stall", ProviderTimeout, None),
+    ("gladia", "rate_limit", ProviderRateLimited, 429),
+    ("gladia", "server_error", ProviderUnavailable, 1011),
+    ("gladia", "malformed", ProviderProtocolError, "malformed"),
+    ("gladia", "stall", ProviderTimeout, None),
+    ("gladia", "no_url", ProviderProtocolError, None),
+    ("groq", "rate_limit", ProviderRateLimited, 429),
+    ("groq", "server_error", ProviderUnavailable, 500),
+    ("groq", "malformed", ProviderProtocolError, "malformed"),
+    ("groq", "stall", ProviderTimeout, None),
+]
+
+
+async def _stream_through(provider: str, fault: str, **kw: object) -> ProviderError:
+    async with upstream(provider, fault=fault, connect_timeout=3, flush_timeout=1.5,
+                        **kw) as up:  # type: ignore[arg-type]
+        audio = pcm("beckett.wav", up.rate)[: 5 * up.rate * 2]
+        stream = up.adapter.open_stream(up.model, StreamOptions(sample_rate=up.rate))
+        with pytest.raises(ProviderError) as err:
+            await run(stream, audio, rate=up.rate, within=30)
+        async with asyncio.timeout(5):
+            await up.sessions_closed()  # a failed stream leaves nothing open upstream
+    return err.value
+
+
+@pytest.mark.parametrize(("provider", "fault", "kind", "code"), FAULTS,
+                         ids=[f"{p}-{f}" for p, f, _, _ in FAULTS])
+async def test_injected_faults_map_to_the_error_tree(provider: str, fault: str,
+                                                     kind: type[ProviderError],
+                                                     code: object) -> None:
+    error = await _stream_through(provider, fault)
+    assert type(error) is kind, repr(error)
+    assert error.provider == provider
+    if code is not None:
+        assert error.code == code
+    if kind is ProviderRateLimited:
+        assert error.retryable and error.retry_after is not None or provider == "assemblyai"
+
+
+async def test_openai_whisper_1_rest_faults_are_mapped() -> None:
+    error = await _stream_through("openai", "rate_limit", model="whisper-1")
+    assert isinstance(error, ProviderRateLimited) and error.retry_after == 3.0
+
+
+@pytest.mark.parametrize("provider", list(CLOUD))
+async def test_wrong_credentials_are_auth_errors(provider: str) -> None:
+    async with upstream(provider, api_key="not-the-key") as up:
+        stream = up.adapter.open_stream(up.model, StreamOptions(sample_rate=up.rate))
+        with pytest.raises(ProviderAuthError):
+            await stream.start()
+        await stream.aclose()
+
+
+async def _dead_port_url(provider: str, port: int, host: str = "127.0.0.1") -> str:
+    scheme = "ws" if provider in ("deepgram", "assemblyai") else "http"
+    suffix = {"openai": "/v1", "groq": "/openai/v1"}.get(provider, "")
+    return f"{scheme}://{host}:{port}{suffix}"
+
+
+@pytest.fixture
+async def silent_server() -> AsyncIterator[int]:
+    """Accepts TCP connections and never answers: handshakes and requests time out."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize("provider", list(CLOUD))
+@pytest.mark.parametrize("where", ["refused", "dns", "silent"])
+async def test_transport_failures_are_mapped(provider: str, where: str,
+                                             silent_server: int) -> None:
+    if where == "refused":
+        base = await _dead_port_url(provider, free_port())
+    elif where == "dns":
+        base = await _dead_port_url(provider, 443, host="no-such-host.invalid")
+    else:
+        base = await _dead_port_url(provider, silent_server)
+    context = AdapterContext(api_key=KEYS[provider], base_url=base, connect_timeout=1.0,
+                             flush_timeout=1.0)
+    adapter = adapter_class(provider)(context)
+    model, rate = CLOUD[provider]
+    stream = adapter.open_stream(model, StreamOptions(sample_rate=rate))
+    try:
+        with pytest.raises(ProviderError) as err:
+            async with asyncio.timeout(10):
+                await stream.start()
+    finally:
+        await stream.aclose()
+        await adapter.aclose()
+    expected = {"refused": (ProviderUnavailable,), "dns": (ProviderUnavailable, ProviderTimeout),
+                "silent": (ProviderTimeout,)}[where]
+    assert isinstance(err.value, expected), repr(err.value)
+    assert err.value.retryable
+
+
+async def test_http_statuses_map_like_the_gateway_table() -> None:
+    from adapters._ws import http_status_error
+
+    cases = {400: ProviderBadRequest, 401: ProviderAuthError, 402: ProviderAuthError,
+             403: ProviderAuthError, 404: ProviderBadRequest, 408: ProviderTimeout,
+             422: ProviderBadRequest, 429: ProviderRateLimited, 500: ProviderUnavailable,
+             502: ProviderUnavailable, 503: ProviderUnavailable, 504: ProviderTimeout}
+    for status, kind in cases.items():
+        error = http_status_error("x", status, "detail")
+        assert type(error) is kind and error.code == status
+
+
+async def test_close_codes_of_each_provider() -> None:
+    from adapters import assemblyai, deepgram, gladia
+
+    assert isinstance(deepgram.close_error(1011, "NET-0001 no audio"), ProviderTimeout)
+    assert isinstance(deepgram.close_error(1008, "DATA-0000 bad audio"), ProviderProtocolError)
+    assert deepgram.close_error(1000, "") is None
+    for code, kind in {1008: ProviderAuthError, 3005: ProviderUnavailable,
+                       3006: ProviderProtocolError, 3007: ProviderProtocolError,
+                       3008: ProviderTimeout, 3009: ProviderRateLimited}.items():
+        error = assemblyai.close_error(code, "x")
+        assert type(error) is kind and error.code == code
+    assert isinstance(gladia.close_error(4401, "bad token"), ProviderAuthError)
+    assert isinstance(gladia.close_error(4400, "bad"), ProviderBadRequest)
+    assert isinstance(gladia.close_error(1011, "boom"), ProviderUnavailable)
