@@ -9,7 +9,9 @@ finals:
 * While an utterance is open it is re-decoded about every 0.5 s of new audio (greedy, no
   timestamps); `adapters.agreement` keeps the start of the partial text from jittering.
 * At its end it is decoded once more with word timestamps into the final, which shares the
-  partials' ``segment_id``.
+  partials' ``segment_id``. That decode starts speculatively as soon as the speaker has
+  paused for the padding (200 ms) and a slot is free, so VAD's 400-ms confirmation and the
+  decode overlap; if speech resumes, the result is dropped.
 
 One model instance per process is shared by every stream; decodes run in a bounded thread
 pool (``decode_workers``) and never on the event loop. Each stream has at most one decode in
@@ -25,35 +27,22 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import logging
-import uuid
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from adapters.agreement import LocalAgreement
 from adapters.base import (
     Adapter,
     AdapterContext,
     Capabilities,
-    Finalized,
     ModelInfo,
     ModelNotFound,
     ProviderNotConfigured,
-    SpeechStarted,
     StreamOptions,
-    SttStream,
-    Transcript,
-    UtteranceEnd,
 )
-from adapters.local_decode import DecodeSettings, decode_final, decode_partial
 from adapters.local_models import (
     ENGLISH_ONLY,
-    FINAL,
     MODELS,
-    PARTIAL,
     DecodeScheduler,
     LoadOptions,
     Ticket,
@@ -61,23 +50,19 @@ from adapters.local_models import (
     locate_weights,
     shared_model,
 )
+from adapters.local_stream import MAX_PENDING_FINALS, LocalStream
 from adapters.vad import (
     SAMPLE_RATE,
-    SpeechEnd,
-    SpeechStart,
-    Utterance,
-    VadEvent,
     VoiceActivitySegmenter,
 )
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["LocalAdapter", "LocalStream", "MAX_PENDING_FINALS"]
+
 T = TypeVar("T")
 
 PROVIDER = "local"
-PARTIAL_STEP_S = 0.5  # re-decode the open utterance after this much new audio
-FIRST_PARTIAL_S = 0.45  # first partial once this much speech is in
-MAX_PENDING_FINALS = 4  # send_audio waits beyond this many undecoded utterances
 
 
 def _capabilities(name: str) -> Capabilities:
@@ -171,6 +156,17 @@ class LocalAdapter(Adapter):
     async def acquire(self, ticket: Ticket) -> None:
         await self._scheduler.acquire(ticket)
 
+    def try_acquire(self) -> bool:
+        """A free slot now, or False (nothing waits)."""
+        return self._scheduler.try_acquire()
+
+    def try_acquire_for_partial(self) -> bool:
+        """A slot for a later partial, if one is free beyond the one kept for finals."""
+        return self._scheduler.try_acquire(reserve=1 if self._scheduler.slots > 1 else 0)
+
+    async def wait_released(self) -> None:
+        await self._scheduler.wait_released()
+
     def release(self) -> None:
         self._scheduler.release()
 
@@ -206,213 +202,3 @@ class LocalAdapter(Adapter):
 
     async def aclose(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-@dataclass(slots=True)
-class _Job:
-    """Work for the decoder task, in order: a final, a `Finalized` ack, or the end."""
-
-    kind: str  # "final" | "finalized" | "end"
-    segment_id: str = ""
-    utterance: Utterance | None = None
-    speech_end: float | None = None  # speech ended here: UtteranceEnd after the final
-
-
-class LocalStream(SttStream):
-    """A live stream on the local engine (16 kHz s16le in; see the module docstring)."""
-
-    provider = PROVIDER
-
-    def __init__(self, adapter: LocalAdapter, model: str, options: StreamOptions) -> None:
-        super().__init__(model, options)
-        self._adapter = adapter
-        self._whisper: Any = None
-        self._segmenter: VoiceActivitySegmenter | None = None
-        self._id = uuid.uuid4().hex[:8]
-        self._counter = 0
-        self._jobs: deque[_Job] = deque()
-        self._wake = asyncio.Event()
-        self._progress = asyncio.Event()  # set whenever the decoder finishes a job
-        self._input_lock = asyncio.Lock()
-        self._ticket: Ticket | None = None
-        # The open utterance: its segment id, agreement state, audio length at last partial.
-        self._open_id: str | None = None
-        self._agreement = LocalAgreement()
-        self._partial_at = 0
-        self._partials_sent: set[str] = set()
-        self._settings = DecodeSettings.from_options(options)
-        self._utt_language: str | None = self._settings.language
-        self._busy = False
-
-    # ---- SttStream ----------------------------------------------------------------------------
-
-    async def _start(self) -> None:
-        self._whisper = await self._adapter.load(self.model)
-        self._segmenter = await asyncio.to_thread(VoiceActivitySegmenter)
-        self._spawn(self._decoder(), "decoder")
-
-    async def _send_audio(self, pcm: bytes) -> None:
-        if len(pcm) % 2:
-            raise ValueError("PCM chunk of odd length")  # the gateway keeps odd bytes back
-        async with self._input_lock:
-            events = await self._segment(lambda seg: seg.feed(pcm))
-            await self._handle(events)
-        # Backpressure: a slow decoder stops our reads instead of letting audio pile up.
-        while len(self._jobs) > MAX_PENDING_FINALS and not self._ended:
-            self._progress.clear()
-            await self._progress.wait()
-
-    async def _finalize(self) -> None:
-        async with self._input_lock:
-            await self._handle(await self._segment(lambda seg: seg.cut()))
-            self._queue(_Job("finalized"))
-
-    async def _close_stream(self) -> None:
-        async with self._input_lock:
-            await self._handle(await self._segment(lambda seg: seg.flush()))
-            self._queue(_Job("end"))
-
-    async def _shutdown(self) -> None:
-        self._jobs.clear()
-        self._wake.set()
-        self._progress.set()
-
-    # ---- input side ---------------------------------------------------------------------------
-
-    async def _segment(self, step: Callable[[VoiceActivitySegmenter], list[VadEvent]]
-                       ) -> list[VadEvent]:
-        segmenter = self._segmenter
-        if segmenter is None:
-            raise RuntimeError("stream not started")
-        # The ONNX VAD is cheap (~0.1 ms per 32-ms window) but a burst of seconds of audio
-        # is not: run it off the loop.
-        return await asyncio.to_thread(step, segmenter)
-
-    async def _handle(self, events: list[VadEvent]) -> None:
-        speech_end: float | None = None
-        for event in events:
-            if isinstance(event, SpeechStart):
-                await self._emit(SpeechStarted(event.sample / SAMPLE_RATE))
-            elif isinstance(event, SpeechEnd):
-                speech_end = event.sample / SAMPLE_RATE
-            elif isinstance(event, Utterance):
-                job = _Job("final", self._segment_id(), event, speech_end)
-                speech_end = None
-                self._open_id = None
-                self._agreement = LocalAgreement()
-                self._partial_at = 0
-                self._utt_language = self._settings.language
-                self._queue(job)
-        self._wake.set()
-
-    def _segment_id(self) -> str:
-        if self._open_id is None:
-            self._counter += 1
-            self._open_id = f"{self._id}-{self._counter}"
-        return self._open_id
-
-    def _queue(self, job: _Job) -> None:
-        self._jobs.append(job)
-        if self._ticket is not None:
-            self._ticket.priority = FINAL  # a waiting partial slot now serves this final
-        self._wake.set()
-
-    # ---- decoder task -------------------------------------------------------------------------
-
-    def _partial_due(self) -> bool:
-        if not self.options.interim_results or self._segmenter is None:
-            return False
-        current = self._segmenter.open_utterance()
-        onset = self._segmenter.onset()
-        if current is None or onset is None:
-            return False
-        start, audio = current
-        spoken = start + len(audio) - onset
-        if self._partial_at == 0:
-            return spoken >= FIRST_PARTIAL_S * SAMPLE_RATE
-        return len(audio) - self._partial_at >= PARTIAL_STEP_S * SAMPLE_RATE
-
-    @property
-    def idle(self) -> bool:
-        """Nothing queued, nothing decoding and no partial due (tests use it for pacing)."""
-        return not self._jobs and not self._busy and not self._partial_due()
-
-    async def wait_idle(self) -> None:
-        """Wait until the decoder has caught up with the audio sent so far."""
-        while not self.idle and not self._ended:
-            self._progress.clear()
-            await self._progress.wait()
-
-    async def _decoder(self) -> None:
-        while True:
-            if self._jobs:
-                self._busy = True
-                try:
-                    await self._run_job(self._jobs.popleft())
-                finally:
-                    self._busy = False
-                    self._progress.set()
-                if self._ended:
-                    return
-                continue
-            if self._partial_due():
-                self._busy = True
-                try:
-                    await self._run_partial()
-                finally:
-                    self._busy = False
-                    self._progress.set()
-                continue
-            self._progress.set()
-            self._wake.clear()
-            await self._wake.wait()
-
-    async def _run_job(self, job: _Job) -> None:
-        if job.kind == "finalized":
-            await self._emit(Finalized())
-        elif job.kind == "end":
-            self._finish()
-        else:
-            await self._final(job)
-
-    async def _final(self, job: _Job) -> None:
-        utt = job.utterance
-        assert utt is not None
-        offset = utt.start / SAMPLE_RATE
-        transcript = await self._adapter.run_decode(FINAL, functools.partial(
-            decode_final, self._whisper, utt.audio, offset, job.segment_id, self._settings))
-        if transcript.text or job.segment_id in self._partials_sent:
-            await self._emit(transcript)
-        self._partials_sent.discard(job.segment_id)
-        if job.speech_end is not None:
-            await self._emit(UtteranceEnd(job.speech_end))
-
-    async def _run_partial(self) -> None:
-        adapter = self._adapter
-        self._ticket = ticket = adapter.ticket(PARTIAL)
-        try:
-            await adapter.acquire(ticket)
-        finally:
-            self._ticket = None
-        # We hold a slot. A final that came meanwhile raised our ticket: it goes first.
-        current = self._segmenter.open_utterance() if self._segmenter else None
-        if self._jobs or current is None:
-            adapter.release()
-            return
-        start, audio = current
-        audio = audio.copy()
-        self._partial_at = len(audio)
-        segment_id = self._segment_id()
-        settings = self._settings.with_language(self._utt_language)
-        words, language = await adapter.decode_in_slot(functools.partial(
-            decode_partial, self._whisper, audio, settings))
-        if self._open_id != segment_id or not words:
-            return  # the utterance closed while we decoded; its final is on the way
-        self._utt_language = self._utt_language or language
-        agreement = self._agreement.update(words)
-        logger.debug("partial %s agreed %r", segment_id, agreement.stable)
-        self._partials_sent.add(segment_id)
-        await self._emit(Transcript(
-            segment_id=segment_id, is_final=False, text=agreement.text,
-            start=start / SAMPLE_RATE, end=(start + len(audio)) / SAMPLE_RATE,
-            language=language or self._settings.language))

@@ -212,8 +212,9 @@ def _load(weights: Weights, options: LoadOptions) -> WhisperModel:
 
 # ----------------------------------------------------------------------------- scheduling
 
-FINAL = 0
-PARTIAL = 1
+FINAL = 0  # an utterance's final
+FIRST_PARTIAL = 1  # the first partial of an utterance (time to first text)
+PARTIAL = 2  # later partials: only taken when a slot is free (`try_acquire`)
 
 
 @dataclass(eq=False)
@@ -226,17 +227,22 @@ class Ticket:
 
 
 class DecodeScheduler:
-    """Slots of the decode pool, granted finals first, then oldest first.
+    """Slots of the decode pool, granted by priority (finals first), then oldest first.
 
     A stream waiting to decode a partial raises its ticket to `FINAL` when a final becomes
-    due; whatever it decodes once granted is the newest audio, so partials that could not
-    run while the pool was busy are merged into one rather than queued.
+    due. Later partials never queue: a stream takes a slot only if one is free
+    (`try_acquire`), else it skips and tries again with newer audio when a slot is released
+    (`wait_released`), so partials that could not run while the pool was busy merge into
+    one and the pool's backlog is only ever finals and first partials. With two or more
+    slots, later partials leave one slot free, so a final rarely waits for a partial.
     """
 
     def __init__(self, slots: int) -> None:
+        self.slots = slots
         self._free = slots
         self._waiting: list[Ticket] = []
         self._seq = itertools.count()
+        self._release_waiters: list[asyncio.Future[None]] = []
 
     @property
     def busy(self) -> bool:
@@ -259,7 +265,28 @@ class DecodeScheduler:
                 self.release()  # granted just as we were cancelled: pass the slot on
             raise
 
+    def try_acquire(self, reserve: int = 0) -> bool:
+        """Take a slot if more than `reserve` are free and nobody is waiting for one."""
+        if self._free > reserve and not self._waiting:
+            self._free -= 1
+            return True
+        return False
+
+    async def wait_released(self) -> None:
+        """Wait for the next `release`."""
+        future = asyncio.get_running_loop().create_future()
+        self._release_waiters.append(future)
+        try:
+            await future
+        finally:
+            if future in self._release_waiters:
+                self._release_waiters.remove(future)
+
     def release(self) -> None:
+        waiters, self._release_waiters = self._release_waiters, []
+        for future in waiters:
+            if not future.done():
+                future.set_result(None)
         while self._waiting:
             best = min(self._waiting, key=lambda t: (t.priority, t.seq))
             self._waiting.remove(best)

@@ -186,6 +186,23 @@ class VoiceActivitySegmenter:
             return None
         return self._utt_start, self._buf[self._utt_start - self._buf_start:]
 
+    def pending_utterance(self) -> Utterance | None:
+        """The utterance that silence is about to close, once its trailing padding is in.
+
+        While the speaker pauses (below ``neg_threshold`` for at least ``speech_pad_ms``),
+        this is exactly the `Utterance` that `feed` will emit if the pause reaches
+        ``min_silence_ms``; a consumer may start working on it early (speculatively).
+        """
+        if not self._triggered or not self._temp_end:
+            return None
+        if self._temp_end - self._onset < self._min_speech:
+            return None
+        end = self._temp_end + self._pad
+        if end > self.samples:
+            return None
+        audio = self._buf[self._utt_start - self._buf_start:end - self._buf_start].copy()
+        return Utterance(self._utt_start, end, audio, "silence")
+
     def onset(self) -> int | None:
         """Sample where the speech of the open utterance began (None outside speech)."""
         return self._onset if self._triggered else None

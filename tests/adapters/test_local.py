@@ -25,7 +25,8 @@ from adapters.base import (
     Transcript,
     UtteranceEnd,
 )
-from adapters.local import MAX_PENDING_FINALS, LocalAdapter, LocalStream
+from adapters.local import LocalAdapter
+from adapters.local_stream import MAX_PENDING_FINALS, LocalStream
 from tests.speech import BECKETT_TEXT, TWO_CITIES_TEXT, normalize, pcm, wer
 
 RATE = 16_000
@@ -147,7 +148,7 @@ async def test_partials_come_before_their_final_and_share_its_segment_id(beckett
 
 async def test_agreed_prefix_never_changes(adapter: LocalAdapter,
                                            caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="adapters.local")
+    caplog.set_level(logging.DEBUG, logger="adapters.local_stream")
     data = pcm("two_cities.wav")[: 42 * RATE * 2]
     run = await run_stream(adapter, chunks(data, [16000]), lockstep=True)
     agreed: dict[str, list[tuple[str, ...]]] = {}
@@ -222,6 +223,24 @@ async def test_send_audio_applies_backpressure(adapter: LocalAdapter) -> None:
     assert max(pending) == MAX_PENDING_FINALS  # the limit was reached and held
     assert all(f.is_final for f in finals)
     assert wer(TWO_CITIES_TEXT + " " + TWO_CITIES_TEXT, " ".join(f.text for f in finals)) <= 0.2
+
+
+async def test_final_decoded_during_the_pause_is_used(adapter: LocalAdapter,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from adapters import local_stream
+
+    calls: list[float] = []
+    real = local_stream.decode_final
+
+    def counting(*args: object, **kwargs: object) -> Transcript:
+        calls.append(len(args[1]) / RATE)  # type: ignore[arg-type]
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(local_stream, "decode_final", counting)
+    run = await run_stream(adapter, chunks(pcm("beckett.wav"), [3200]), lockstep=True)
+    assert wer(BECKETT_TEXT, run.text) <= 0.2
+    # Each final was decoded once, while VAD was still confirming the pause.
+    assert len(calls) == len(run.finals) == 6
 
 
 async def test_concurrent_streams_share_one_model(adapter: LocalAdapter) -> None:

@@ -142,3 +142,17 @@ async def test_scheduler_passes_on_a_slot_when_a_waiter_is_cancelled() -> None:
     scheduler.release()
     assert not scheduler.busy
     await asyncio.wait_for(scheduler.acquire(scheduler.ticket(PARTIAL)), 1)
+
+
+async def test_later_partials_leave_a_slot_for_finals() -> None:
+    scheduler = DecodeScheduler(2)
+    assert scheduler.try_acquire(reserve=1)
+    assert not scheduler.try_acquire(reserve=1)  # the last slot is kept for finals
+    released = asyncio.create_task(scheduler.wait_released())
+    await asyncio.sleep(0)  # let it register
+    assert scheduler.try_acquire()
+    assert scheduler.busy and not scheduler.try_acquire()
+    scheduler.release()
+    await asyncio.wait_for(released, 1)
+    scheduler.release()
+    assert not scheduler.busy

@@ -155,3 +155,17 @@ def test_cut_during_a_pause_ends_speech() -> None:
     assert [type(e) for e in events] == [SpeechEnd, Utterance]
     assert not seg.in_speech
     assert [type(e) for e in seg.feed(data[3 * SAMPLE_RATE * 2:])][0] is SpeechStart
+
+
+def test_pending_utterance_is_the_one_silence_will_close() -> None:
+    data = pcm("beckett.wav")
+    seg = VoiceActivitySegmenter()
+    cut = int(1.45 * SAMPLE_RATE) * 2  # "Ever tried" ended at ~1.18 s: a 270-ms pause
+    assert seg.feed(data[:cut])[-1] == SpeechStart(5120)
+    pending = seg.pending_utterance()
+    assert pending is not None and seg.in_speech
+    events = seg.feed(data[cut:int(2.0 * SAMPLE_RATE) * 2])
+    closed = next(e for e in events if isinstance(e, Utterance))
+    assert (closed.start, closed.end, closed.reason) == (pending.start, pending.end, "silence")
+    np.testing.assert_array_equal(closed.audio, pending.audio)
+    assert seg.pending_utterance() is None
