@@ -47,7 +47,7 @@ class Resampler:
             return pcm
         samples = np.frombuffer(pcm, dtype="<i2")
         out = self._stream.resample_chunk(samples, last=last)
-        return out.astype("<i2", copy=False).tobytes()
+        return bytes(out.astype("<i2", copy=False).tobytes())
 
     def flush(self) -> bytes:
         return self.process(b"", last=True)
@@ -71,15 +71,18 @@ def decode_audio(source: str | bytes | io.IOBase, rate: int = 16000,
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     try:
-        container = av.open(source)
+        container = av.open(source, mode="r")
     except av.FFmpegError as exc:
         raise ValueError(f"cannot decode audio: {exc}") from exc
     with container:
         if not container.streams.audio:
             raise ValueError("no audio stream in the file")
         stream = container.streams.audio[0]
-        duration = float(stream.duration * stream.time_base) if stream.duration else (
-            container.duration / 1_000_000 if container.duration else None)
+        duration: float | None = None
+        if stream.duration and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration:
+            duration = container.duration / 1_000_000
         resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
         chunk_bytes = int(rate * chunk_seconds) * BYTES_PER_SAMPLE
         buffer = bytearray()

@@ -98,10 +98,10 @@ class SpeechgateClient:
 
         async def each() -> AsyncIterator[bytes]:
             if hasattr(chunks, "__aiter__"):
-                async for c in chunks:  # type: ignore[union-attr]
+                async for c in chunks:
                     yield c
             else:
-                for c in chunks:  # type: ignore[union-attr]
+                for c in chunks:
                     yield c
 
         try:

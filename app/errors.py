@@ -84,7 +84,7 @@ def truncate_reason(text: str, limit: int = 123) -> str:
 def close_code_for(error: ab.ProviderError) -> int:
     for cls in type(error).__mro__:
         if cls in PROVIDER_CLOSE_CODES:
-            return PROVIDER_CLOSE_CODES[cls]  # type: ignore[index]
+            return PROVIDER_CLOSE_CODES[cls]
     return 4502
 
 

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 from adapters.base import AdapterContext
 from adapters.registry import Registry
 from app.metrics import Metrics
-from auth.base import AccessControl, Principal
+from auth import GatewayAccessControl
+from auth.base import Principal
 from config import Settings
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ logger = logging.getLogger(__name__)
 class Gateway:
     settings: Settings
     registry: Registry
-    access: AccessControl
+    access: GatewayAccessControl
     metrics: Metrics = field(default_factory=Metrics)
     sessions: set[Session] = field(default_factory=set)
     draining: bool = False

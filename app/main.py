@@ -24,7 +24,7 @@ FRONTENDS = ("app.routes_admin", "app.ws_xrx", "app.ws_prosa", "app.socketio_fro
 
 
 def _frontend_modules() -> list[object]:
-    modules = []
+    modules: list[object] = []
     for name in FRONTENDS:
         try:
             modules.append(importlib.import_module(name))
@@ -73,10 +73,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
 async def startup(gateway: Gateway) -> None:
     settings = gateway.settings
-    await gateway.access.start()  # type: ignore[attr-defined]
+    await gateway.access.start()
     if settings.dev_key is not None:
-        await gateway.access.ensure_key(  # type: ignore[attr-defined]
-            settings.dev_key.get_secret_value(), "dev")
+        await gateway.access.ensure_key(settings.dev_key.get_secret_value(), "dev")
     # Load the default local model now, so the first session does not wait for it.
     provider, _, model = settings.default_model.partition(".")
     try:

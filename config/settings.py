@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     default_audio_seconds_per_day: float = 0.0
     default_audio_seconds_per_month: float = 0.0
     limits_fail_open: bool = False
+    # How long a crashed process's concurrency slots stay taken (heartbeats renew live ones).
+    lease_ttl_seconds: float = Field(30.0, gt=0, le=60)
     failed_auth_per_minute: int = 20
     # xrx clients send no key: attribute anonymous /api/v1/ws connections to this key id.
     anonymous_key_id: str | None = None
