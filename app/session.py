@@ -176,6 +176,11 @@ class Session:
         return self._client_bytes / (BYTES_PER_SAMPLE * self.request.options.sample_rate)
 
     @property
+    def input_closed(self) -> bool:
+        """True once the client ended its audio (close_stream, empty frame, or a limit)."""
+        return self._input_closed
+
+    @property
     def model_id(self) -> str:
         return self._upstream.model_id if self._upstream else self.request.model
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from app.credentials import key_from_request
 from app.errors import GatewayError, to_gateway_error
@@ -17,18 +16,19 @@ from app.gateway import Gateway
 from app.params import OUTPUT_FORMATS, parse_session_params
 from app.session import Session, SessionEnded, SessionError, SessionEvent, open_session
 from app.wire import WireFormatter
+from app.ws_frontend import WebSocketFrontend
 
 logger = logging.getLogger(__name__)
 
 
-class NativeConnection:
+class NativeConnection(WebSocketFrontend):
     def __init__(self, websocket: WebSocket, gateway: Gateway) -> None:
-        self.ws = websocket
-        self.gateway = gateway
+        super().__init__(websocket, gateway)
         fmt = websocket.query_params.get("output_format", "text")
         self.formatter = WireFormatter(fmt if fmt in OUTPUT_FORMATS else "text")
-        self._send_lock = asyncio.Lock()
-        self._closed = False
+
+    def error_frame(self, error: GatewayError) -> str | None:
+        return self.formatter.render_error(error)
 
     async def serve(self) -> None:
         await self.ws.accept()
@@ -41,8 +41,7 @@ class NativeConnection:
             secret = key_from_request(self.ws.headers, query)
             if secret is None:
                 secret = await self._auth_message()
-            client = self.ws.client.host if self.ws.client else None
-            principal = await self.gateway.authenticate(secret, client)
+            principal = await self.gateway.authenticate(secret, self.client_host)
             async with open_session(self.gateway, request, principal,
                                     origin=self.ws.headers.get("origin")) as session:
                 await self._run(session)
@@ -80,27 +79,7 @@ class NativeConnection:
         events = session.events()
         # session.created goes out before anything else, error events included.
         await self._deliver(await anext(events))
-        reader = asyncio.create_task(self._read(session), name=f"{session.id}:read")
-        writer = asyncio.create_task(self._write(events), name=f"{session.id}:write")
-        done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-        if reader in done and reader.exception() is None:
-            # Client gone: nobody to write to; the session closes upstream on exit.
-            writer.cancel()
-        elif reader in done:
-            writer.cancel()
-            with contextlib.suppress(BaseException):
-                await writer
-            exc = reader.exception()
-            assert exc is not None
-            if isinstance(exc, WebSocketDisconnect):
-                return
-            await self._fail(to_gateway_error(exc))
-            return
-        else:
-            reader.cancel()
-        for task in (reader, writer):
-            with contextlib.suppress(BaseException):
-                await task
+        await self._supervise(session, self._read(session), self._write(events))
 
     async def _read(self, session: Session) -> None:
         max_bytes = self.gateway.settings.max_frame_bytes
@@ -115,7 +94,7 @@ class NativeConnection:
                                              f"{max_bytes} bytes")
                 if not data:
                     await session.close_stream()
-                elif session._input_closed:
+                elif session.input_closed:
                     await self._error("invalid_message", "audio after close_stream is ignored")
                 else:
                     await session.send_audio(data)
@@ -162,30 +141,6 @@ class NativeConnection:
             await self._send(json.dumps({"type": "error", "code": code, "message": message}))
         elif self.formatter.output_format == "json":
             await self._send(json.dumps({"error": {"code": code, "message": message}}))
-
-    async def _fail(self, error: GatewayError) -> None:
-        if error.close_code >= 4000 or error.close_code == 1011:
-            logger.info("closing %s: %s", error.close_code, error.message)
-        self.gateway.metrics.session_error(error.close_code)
-        frame = self.formatter.render_error(error)
-        if frame is not None:
-            await self._send(frame)
-        await self._close(error.close_code, error.reason)
-
-    async def _send(self, frame: str) -> None:
-        if self._closed or self.ws.application_state != WebSocketState.CONNECTED:
-            return
-        async with self._send_lock:
-            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-                await self.ws.send_text(frame)
-
-    async def _close(self, code: int, reason: str) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self.ws.application_state == WebSocketState.CONNECTED:
-            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-                await self.ws.close(code, reason)
 
 
 async def transcribe_websocket(websocket: WebSocket) -> None:

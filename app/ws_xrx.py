@@ -21,13 +21,12 @@ named key (`Settings.anonymous_key_id`). Failures close with the codes of API.md
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from typing import Any
 
 from starlette.routing import WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from adapters import base as ab
 from app.credentials import key_from_request
@@ -35,6 +34,7 @@ from app.errors import GatewayError, to_gateway_error
 from app.gateway import Gateway
 from app.params import parse_session_params
 from app.session import Session, SessionEnded, SessionError, open_session
+from app.ws_frontend import WebSocketFrontend
 from auth.base import Principal
 
 logger = logging.getLogger(__name__)
@@ -76,13 +76,12 @@ async def anonymous_principal(gateway: Gateway) -> Principal:
     return principal
 
 
-class XrxConnection:
+class XrxConnection(WebSocketFrontend):
+    label = "xrx"
+
     def __init__(self, websocket: WebSocket, gateway: Gateway) -> None:
-        self.ws = websocket
-        self.gateway = gateway
+        super().__init__(websocket, gateway)
         self.mode = "utterance"
-        self._closed = False
-        self._send_lock = asyncio.Lock()
 
     async def serve(self) -> None:
         await self.ws.accept()
@@ -101,8 +100,7 @@ class XrxConnection:
                                    code="invalid_parameter")
             secret = key_from_request(self.ws.headers, query)
             if secret is not None:
-                client = self.ws.client.host if self.ws.client else None
-                principal = await self.gateway.authenticate(secret, client)
+                principal = await self.gateway.authenticate(secret, self.client_host)
             else:
                 principal = await anonymous_principal(self.gateway)
             async with open_session(self.gateway, request, principal,
@@ -114,26 +112,10 @@ class XrxConnection:
             await self._fail(to_gateway_error(exc))
 
     async def _run(self, session: Session) -> None:
-        tasks = [asyncio.create_task(self._read(session), name=f"{session.id}:xrx-read"),
-                 asyncio.create_task(self._write(session), name=f"{session.id}:xrx-write")]
-        if self.mode == "utterance":
-            # xrx sends nothing between utterances; the open connection itself is the activity.
-            tasks.append(asyncio.create_task(self._keepalive(session)))
-        reader, writer = tasks[0], tasks[1]
-        try:
-            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-            if reader in done and reader.exception() is not None:
-                exc = reader.exception()
-                if not isinstance(exc, WebSocketDisconnect):
-                    await self._fail(to_gateway_error(exc))  # type: ignore[arg-type]
-            elif reader in done and session._input_closed:
-                await writer  # client sent end of stream: deliver the remaining finals
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(BaseException):
-                    await task
+        # In utterance mode xrx sends nothing between utterances; the open connection itself
+        # is the activity, so it is kept alive.
+        helpers = [self._keepalive(session)] if self.mode == "utterance" else []
+        await self._supervise(session, self._read(session), self._write(session), *helpers)
 
     async def _read(self, session: Session) -> None:
         max_bytes = self.gateway.settings.max_frame_bytes
@@ -150,7 +132,7 @@ class XrxConnection:
             if not data:
                 await session.close_stream()
                 return
-            if session._input_closed:
+            if session.input_closed:
                 continue
             await session.send_audio(data)
             if self.mode == "utterance":
@@ -193,28 +175,6 @@ class XrxConnection:
         while True:
             session.touch()
             await asyncio.sleep(interval)
-
-    async def _fail(self, error: GatewayError) -> None:
-        if error.close_code >= 4000 or error.close_code == 1011:
-            logger.info("xrx: closing %s: %s", error.close_code, error.message)
-        self.gateway.metrics.session_error(error.close_code)
-        await self._close(error.close_code, error.reason)
-
-    async def _send(self, text: str) -> None:
-        if self._closed or self.ws.application_state != WebSocketState.CONNECTED:
-            return
-        async with self._send_lock:
-            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-                await self.ws.send_text(text)
-
-    async def _close(self, code: int, reason: str) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self.ws.application_state == WebSocketState.CONNECTED:
-            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-                await self.ws.close(code, reason)
-
 
 async def xrx_websocket(websocket: WebSocket) -> None:
     await XrxConnection(websocket, websocket.app.state.gateway).serve()

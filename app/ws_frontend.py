@@ -1,0 +1,92 @@
+"""What every WebSocket front-end shares: guarded sends, one close, failures, task supervision.
+
+A front-end subclasses `WebSocketFrontend` and writes only its wire protocol: how it reads the
+key and options, how it turns client frames into session calls (its reader) and session events
+into frames (its writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from app.errors import GatewayError, to_gateway_error
+from app.gateway import Gateway
+from app.session import Session
+
+logger = logging.getLogger(__name__)
+
+
+class WebSocketFrontend:
+    label = "native"
+
+    def __init__(self, websocket: WebSocket, gateway: Gateway) -> None:
+        self.ws = websocket
+        self.gateway = gateway
+        self._send_lock = asyncio.Lock()
+        self._closed = False
+
+    @property
+    def client_host(self) -> str | None:
+        return self.ws.client.host if self.ws.client else None
+
+    def error_frame(self, error: GatewayError) -> str | None:
+        """The frame announcing a fatal error before the close (None: the close says it)."""
+        return None
+
+    async def _fail(self, error: GatewayError) -> None:
+        if error.close_code >= 4000 or error.close_code == 1011:
+            logger.info("%s: closing %s: %s", self.label, error.close_code, error.message)
+        self.gateway.metrics.session_error(error.close_code)
+        frame = self.error_frame(error)
+        if frame is not None:
+            await self._send(frame)
+        await self._close(error.close_code, error.reason)
+
+    async def _send(self, frame: str) -> None:
+        if self._closed or self.ws.application_state != WebSocketState.CONNECTED:
+            return
+        async with self._send_lock:
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                await self.ws.send_text(frame)
+
+    async def _close(self, code: int, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.ws.application_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                await self.ws.close(code, reason)
+
+    async def _supervise(self, session: Session, reader: Coroutine[Any, Any, None],
+                         writer: Coroutine[Any, Any, None],
+                         *helpers: Coroutine[Any, Any, None]) -> None:
+        """Run reader and writer until the session is over.
+
+        The writer ends the connection (it closes after the last event). If the reader fails,
+        the connection fails with its error; if the client sent end of stream, the writer
+        delivers what remains; if the client left, everything stops (the session then closes
+        its upstream).
+        """
+        read = asyncio.create_task(reader, name=f"{session.id}:{self.label}-read")
+        write = asyncio.create_task(writer, name=f"{session.id}:{self.label}-write")
+        tasks = [read, write, *(asyncio.create_task(h) for h in helpers)]
+        try:
+            done, _ = await asyncio.wait({read, write}, return_when=asyncio.FIRST_COMPLETED)
+            if read in done:
+                exc = read.exception()
+                if exc is not None and not isinstance(exc, WebSocketDisconnect):
+                    await self._fail(to_gateway_error(exc))
+                elif exc is None and session.input_closed:
+                    await write  # end of stream: deliver the remaining results, then close
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
