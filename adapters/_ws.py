@@ -80,9 +80,11 @@ async def open_websocket(
     """Connect within `open_within`; handshake and transport failures become `ProviderError`s."""
     try:
         async with asyncio.timeout(open_within):
+            # No permessage-deflate: PCM barely compresses and deflate is the costliest part
+            # of relaying it (see bench/bench_relay.py).
             return await connect(url, additional_headers=headers, max_size=None,
-                                 open_timeout=None, close_timeout=CLOSE_TIMEOUT,
-                                 ping_interval=20, ping_timeout=20)
+                                 compression=None, open_timeout=None,
+                                 close_timeout=CLOSE_TIMEOUT, ping_interval=20, ping_timeout=20)
     except InvalidStatus as exc:
         response = exc.response
         body = response.body.decode("utf-8", "replace") if response.body else ""

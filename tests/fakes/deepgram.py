@@ -34,8 +34,9 @@ class FakeDeepgram(WsFake):
 
     def __init__(self, *, api_key: str = "dg-test-key", text: str = BECKETT_TEXT,
                  speech_seconds: float = BECKETT_SECONDS, idle_timeout: float = 10.0,
-                 fault: str | None = None) -> None:
+                 fault: str | None = None, echo: bool = False) -> None:
         super().__init__()
+        self.echo = echo  # benchmark mode: one interim result per frame, text "b<bytes so far>"
         self.api_key = api_key
         self.text = text
         self.speech_seconds = speech_seconds
@@ -121,6 +122,13 @@ class _Session:
     async def audio(self, pcm: bytes) -> bool:
         self.log.frames += 1
         self.log.audio_bytes += len(pcm)
+        if self.fake.echo and pcm:
+            await self.send({"type": "Results", "channel_index": [0, 1], "duration": 0.1,
+                             "start": 0.0, "is_final": False, "speech_final": False,
+                             "channel": {"alternatives": [{
+                                 "transcript": f"b{self.log.audio_bytes}", "confidence": 1.0,
+                                 "words": []}]}})
+            return True
         if not pcm or self.fake.fault == "data_error":
             await self.ws.close(1008, "DATA-0000 The payload cannot be decoded as audio.")
             return False
