@@ -30,6 +30,7 @@ from adapters.base import (
     Finalized,
     ProviderError,
     ProviderProtocolError,
+    ProviderUsage,
     SpeechStarted,
     StreamEvent,
     StreamOptions,
@@ -120,6 +121,7 @@ class SegmentedStream(SttStream):
         self._jobs: asyncio.Queue[_Job | StreamEvent | None] = asyncio.Queue(maxsize=8)
         self._index = 0
         self._rate = options.sample_rate
+        self._usage = 0.0  # seconds the provider says it transcribed (verbose_json duration)
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.context.api_key}"}
@@ -174,6 +176,8 @@ class SegmentedStream(SttStream):
         while True:
             job = await self._jobs.get()
             if job is None:
+                if self._usage:
+                    await self._emit(ProviderUsage(round(self._usage, 3)))
                 self._finish()
                 return
             if isinstance(job, _Job):
@@ -198,6 +202,7 @@ class SegmentedStream(SttStream):
                                         provider=self.provider, code="malformed") from exc
         segment_id = f"{self.provider}-{self._index}"
         self._index += 1
+        self._usage += float(body.get("duration") or 0.0)
         language = None if self.options.language == "auto" else self.options.language
         return parse_verbose_json(body, segment_id=segment_id, offset=job.start,
                                   language=language)

@@ -45,6 +45,8 @@ class Phase:
     errors: int = 0
     cpu_cores: float | None = None
     rss_per_stream_kib: float | None = None
+    client_cores: float = 0.0  # this process (the benchmark's clients)
+    fake_cores: float = 0.0
 
     def pct(self, q: float) -> float:
         data = sorted(self.latencies)
@@ -112,6 +114,8 @@ async def run_phase(n: int, seconds: float, *, gateway: bool, gw_port: int, fake
         headers, parse, end = {"Authorization": f"Token {DG_KEY}"}, direct_index, json.dumps(
             {"type": "CloseStream"})
     rss_idle = gw_proc.memory_info().rss
+    others = [psutil.Process(), *(p for p in psutil.Process().children() if "--fake" in
+                                  " ".join(p.cmdline()))]
     ramp = min(10.0, 1.0 + n * 0.01)  # connect at up to ~100 streams per second
     start = time.perf_counter()
     window = (start + ramp + 2.0, start + ramp + 2.0 + seconds)
@@ -123,10 +127,13 @@ async def run_phase(n: int, seconds: float, *, gateway: bool, gw_port: int, fake
         await asyncio.sleep(ramp / n)
     await asyncio.sleep(max(0.0, window[0] - time.perf_counter()))
     cpu0, t0 = gw_proc.cpu_times(), time.perf_counter()
+    other0 = [sum(p.cpu_times()[:2]) for p in others]
     await asyncio.sleep(seconds / 2)
     rss_busy = gw_proc.memory_info().rss
     await asyncio.sleep(max(0.0, window[1] - time.perf_counter()))
     cpu1, t1 = gw_proc.cpu_times(), time.perf_counter()
+    phase.client_cores, phase.fake_cores = (
+        (sum(p.cpu_times()[:2]) - c0) / (t1 - t0) for p, c0 in zip(others, other0, strict=True))
     await asyncio.gather(*tasks)
     if gateway:
         phase.cpu_cores = ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / (t1 - t0)
@@ -173,7 +180,7 @@ async def bench(levels: list[int], seconds: float, fake_port: int, gw_port: int,
           f"{psutil.cpu_count()} cores; {seconds:g} s steady per phase")
     print(f"{'streams':>8} {'gw p50':>8} {'gw p99':>8} {'dir p50':>8} {'dir p99':>8} "
           f"{'add p50':>8} {'add p99':>8} {'cores':>6} {'KiB/str':>8} {'results':>8} "
-          f"{'errors':>6}")
+          f"{'errors':>6} {'cli/fake cores (gw | direct phase)':>34}")
     for n in levels:
         via = await run_phase(n, seconds, gateway=True, gw_port=gw_port, fake_port=fake_port,
                               gw_proc=gw, audio=audio)
@@ -183,7 +190,8 @@ async def bench(levels: list[int], seconds: float, fake_port: int, gw_port: int,
               f"{direct.pct(.99):>8.2f} {via.pct(.5) - direct.pct(.5):>8.2f} "
               f"{via.pct(.99) - direct.pct(.99):>8.2f} {via.cpu_cores or 0:>6.2f} "
               f"{via.rss_per_stream_kib or 0:>8.1f} {len(via.latencies):>8} "
-              f"{via.errors + direct.errors:>6}", flush=True)
+              f"{via.errors + direct.errors:>6} {via.client_cores:>8.2f} {via.fake_cores:.2f} | "
+              f"{direct.client_cores:.2f} {direct.fake_cores:.2f}", flush=True)
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from adapters.base import (
     AdapterContext,
     Finalized,
     ProviderAuthError,
+    ProviderUsage,
     SpeechStarted,
     StreamOptions,
     Transcript,
@@ -64,7 +65,10 @@ async def test_one_final_per_utterance() -> None:
     assert len(fake.rest.requests) == 6  # the six sentences, cut at the pauses
     assert len(finals(events)) >= 5
     assert sum(isinstance(e, SpeechStarted) for e in events) == 6
-    assert isinstance(events[-1], UtteranceEnd)
+    assert isinstance(events[-2], UtteranceEnd)
+    usage = events[-1]
+    assert isinstance(usage, ProviderUsage)
+    assert usage.audio_seconds == pytest.approx(sum(r.seconds for r in fake.rest.requests))
     first = fake.rest.requests[0]
     assert first.headers["authorization"] == "Bearer gsk_test_key"
     assert first.fields["model"] == ["whisper-large-v3-turbo"]
