@@ -39,7 +39,7 @@ PROVIDER = "assemblyai"
 # Every audio frame must hold 50-1000 ms and frames must not arrive faster than real time,
 # else the session closes with 3007
 # (https://www.assemblyai.com/docs/streaming/common-session-errors-and-closures).
-FRAME_MS = 100
+FRAME_MS = 50  # the size AssemblyAI recommends for the lowest latency
 MIN_FRAME_MS = 50
 # Seconds of audio we may send ahead of the wall clock (after a client stall, for instance).
 PACING_CREDIT = 0.2
@@ -205,7 +205,7 @@ class AssemblyAIStream(WebSocketStream):
             interim_results=options.interim_results)
         self._bytes_per_ms = options.sample_rate * BYTES_PER_SAMPLE // 1000
         self._buffer = bytearray()
-        self._outbox: asyncio.Queue[bytes | dict[str, Any]] = asyncio.Queue(maxsize=10)
+        self._outbox: asyncio.Queue[bytes | dict[str, Any]] = asyncio.Queue(maxsize=20)  # 1 s
         self._next_send = 0.0
         self._force_sent = False
         self._sender_task: asyncio.Task[None] | None = None

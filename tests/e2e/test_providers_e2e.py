@@ -5,6 +5,7 @@ client sees (4502 for rejected gateway credentials, 4503 naming the unset variab
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -89,6 +90,34 @@ async def test_finalize_through_the_gateway(gateway: Gateway,
     index = kinds.index("finalized")
     assert any(m["type"] == "transcript" and m["is_final"] for m in result.messages[:index])
     assert result.final_text() == BECKETT_TEXT
+
+
+FAULTS = [
+    ("deepgram", "data_error", 4502, "DATA-0000"),
+    ("deepgram", "drop", 4504, "NET-0000"),
+    ("assemblyai", "too_many", 4429, "3009"),
+    ("openai", "server_error", 4503, "server_error"),
+    ("gladia", "rate_limit", 4429, "429"),
+    ("groq", "stall", 4504, "timed out"),
+]
+
+
+@pytest.mark.parametrize(("provider", "fault", "close", "reason"), FAULTS,
+                         ids=[f"{p}-{f}" for p, f, _, _ in FAULTS])
+async def test_upstream_faults_reach_the_client_with_the_provider_code(
+        provider: str, fault: str, close: int, reason: str) -> None:
+    async with upstream(provider, fault=fault) as up:
+        settings = {**up.settings(), "provider_flush_timeout": 1.5}
+        with running_gateway(**settings) as gw:
+            result = await transcribe(gw.ws_url, AUDIO[: 5 * 32000], key=gw.dev_key,
+                                      params={"model": model_id(up),
+                                              "output_format": "verbose_json"})
+        async with asyncio.timeout(5):
+            await up.sessions_closed()  # the gateway left nothing open upstream
+    assert result.close_code == close, (result.close_code, result.close_reason)
+    assert reason in result.close_reason
+    errors = result.of_type("error")
+    assert errors and errors[-1]["code"]
 
 
 async def test_rejected_provider_credentials_close_4502() -> None:
