@@ -42,6 +42,7 @@ from adapters.base import (
 )
 from adapters.local_models import (
     ENGLISH_ONLY,
+    FINAL,
     MODELS,
     DecodeScheduler,
     LoadOptions,
@@ -103,6 +104,7 @@ class LocalAdapter(Adapter):
         )
         self._pool = concurrent.futures.ThreadPoolExecutor(workers, "local-decode")
         self._scheduler = DecodeScheduler(workers)
+        self._finals_in_flight = 0
         self._weights: dict[str, Weights] = {}
 
     # ---- catalogue --------------------------------------------------------------------------
@@ -161,8 +163,16 @@ class LocalAdapter(Adapter):
         return self._scheduler.try_acquire()
 
     def try_acquire_for_partial(self) -> bool:
-        """A slot for a later partial, if one is free beyond the one kept for finals."""
+        """A slot for a later partial: only while no final is decoding or waiting (the
+        threads share the CPU, so a partial next to a final slows the final down), and
+        leaving one slot free for the next final."""
+        if self._finals_in_flight or self._scheduler.waiting(FINAL):
+            return False
         return self._scheduler.try_acquire(reserve=1 if self._scheduler.slots > 1 else 0)
+
+    def finals_busy(self) -> bool:
+        """Another final is decoding or waiting for a slot."""
+        return bool(self._finals_in_flight or self._scheduler.waiting(FINAL))
 
     async def wait_released(self) -> None:
         await self._scheduler.wait_released()
@@ -170,7 +180,7 @@ class LocalAdapter(Adapter):
     def release(self) -> None:
         self._scheduler.release()
 
-    async def decode_in_slot(self, fn: Callable[[], T]) -> T:
+    async def decode_in_slot(self, fn: Callable[[], T], *, final: bool = False) -> T:
         """Run `fn` in the pool on a slot already acquired; the slot is freed when the
         thread is really done, even if our await is cancelled."""
         loop = asyncio.get_running_loop()
@@ -179,10 +189,15 @@ class LocalAdapter(Adapter):
         except BaseException:
             self._scheduler.release()
             raise
+        self._finals_in_flight += final
+
+        def released() -> None:
+            self._finals_in_flight -= final
+            self._scheduler.release()
 
         def done(_: object) -> None:
             if not loop.is_closed():
-                loop.call_soon_threadsafe(self._scheduler.release)
+                loop.call_soon_threadsafe(released)
 
         future.add_done_callback(done)
         return await asyncio.wrap_future(future)
@@ -190,7 +205,7 @@ class LocalAdapter(Adapter):
     async def run_decode(self, priority: int, fn: Callable[[], T]) -> T:
         """Run `fn` in the decode pool once the scheduler grants a slot."""
         await self.acquire(self.ticket(priority))
-        return await self.decode_in_slot(fn)
+        return await self.decode_in_slot(fn, final=priority == FINAL)
 
     # ---- streams ----------------------------------------------------------------------------
 

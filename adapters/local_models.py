@@ -265,6 +265,10 @@ class DecodeScheduler:
                 self.release()  # granted just as we were cancelled: pass the slot on
             raise
 
+    def waiting(self, priority: int) -> int:
+        """How many requests of `priority` (or better) wait for a slot."""
+        return sum(t.priority <= priority for t in self._waiting)
+
     def try_acquire(self, reserve: int = 0) -> bool:
         """Take a slot if more than `reserve` are free and nobody is waiting for one."""
         if self._free > reserve and not self._waiting:

@@ -29,7 +29,13 @@ from adapters.base import (
     Transcript,
     UtteranceEnd,
 )
-from adapters.local_decode import DecodeSettings, decode_final, decode_partial
+from adapters.local_decode import (
+    BUSY_FINAL_BEAM,
+    FINAL_BEAM,
+    DecodeSettings,
+    decode_final,
+    decode_partial,
+)
 from adapters.local_models import FINAL, FIRST_PARTIAL, Ticket
 from adapters.vad import (
     SAMPLE_RATE,
@@ -248,9 +254,13 @@ class LocalStream(SttStream):
                 speculation[1] is not None and speculation[1].segment_id == job.segment_id):
             transcript = speculation[1]  # decoded while the pause was being confirmed
         else:
-            transcript = await self._adapter.run_decode(FINAL, functools.partial(
+            adapter = self._adapter
+            await adapter.acquire(adapter.ticket(FINAL))
+            # Other finals waiting or decoding: a narrower beam, so the backlog clears sooner.
+            beam = BUSY_FINAL_BEAM if adapter.finals_busy() else FINAL_BEAM
+            transcript = await adapter.decode_in_slot(functools.partial(
                 decode_final, self._whisper, utt.audio, offset, job.segment_id,
-                self._settings))
+                self._settings, beam), final=True)
         if transcript.text or job.segment_id in self._partials_sent:
             await self._emit(transcript)
         self._partials_sent.discard(job.segment_id)
@@ -283,9 +293,10 @@ class LocalStream(SttStream):
         key = (pending.start, pending.end)
         self._speculation = (key, None)
         segment_id = self._segment_id()
+        beam = BUSY_FINAL_BEAM if self._adapter.finals_busy() else FINAL_BEAM
         transcript = await self._adapter.decode_in_slot(functools.partial(
             decode_final, self._whisper, pending.audio, pending.start / SAMPLE_RATE,
-            segment_id, self._settings))
+            segment_id, self._settings, beam), final=True)
         if self._speculation is not None and self._speculation[0] == key:
             self._speculation = (key, transcript)
 

@@ -129,7 +129,8 @@ async def sample_process(proc: psutil.Process, stop: asyncio.Event, peak: list[i
 
 
 async def bench_n(url: str, data: bytes, n: int, spans: list[Speech], text: str,
-                  proc: psutil.Process) -> dict[str, float]:
+                  proc: psutil.Process, stagger: float = 0.0,
+                  verbose: bool = False) -> dict[str, float]:
     results = [StreamResult() for _ in range(n)]
     peak = [proc.memory_info().rss]
     stop = asyncio.Event()
@@ -137,7 +138,8 @@ async def bench_n(url: str, data: bytes, n: int, spans: list[Speech], text: str,
     cpu_before = proc.cpu_times()
     wall_before = time.monotonic()
     start = time.monotonic() + 0.5  # every client connected before the audio starts
-    await asyncio.gather(*(run_client(url, data, r, start) for r in results))
+    await asyncio.gather(*(run_client(url, data, r, start + i * stagger)
+                           for i, r in enumerate(results)))
     wall = time.monotonic() - wall_before
     cpu_after = proc.cpu_times()
     stop.set()
@@ -150,6 +152,9 @@ async def bench_n(url: str, data: bytes, n: int, spans: list[Speech], text: str,
         firsts += f
         finals += g
         wers.append(wer(text, " ".join(e["text"] for e in r.finals())))
+        if verbose:
+            print("    first partial:", " ".join(f"{x:.2f}" for x in f))
+            print("    final:        ", " ".join(f"{x:.2f}" for x in g))
     cpu = ((cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)) / wall
     return {"n": n, "first_p50": pct(firsts, 50), "first_p95": pct(firsts, 95),
             "final_p50": pct(finals, 50), "final_p95": pct(finals, 95),
@@ -178,7 +183,7 @@ async def main_async(args: argparse.Namespace) -> None:
         print(f"{'N':>3} {'first partial p50/p95 s':>24} {'final p50/p95 s':>18} "
               f"{'WER %':>6} {'utt/stream':>10} {'CPU %':>6} {'peak RSS MiB':>12}")
         for n in args.streams:
-            row = await bench_n(url, data, n, spans, text, proc)
+            row = await bench_n(url, data, n, spans, text, proc, args.stagger, args.verbose)
             print(f"{n:>3} {row['first_p50']:>11.2f} / {row['first_p95']:<10.2f} "
                   f"{row['final_p50']:>8.2f} / {row['final_p95']:<7.2f} "
                   f"{100 * row['wer']:>6.1f} {row['utterances']:>10.1f} {row['cpu']:>6.0f} "
@@ -191,6 +196,9 @@ def main() -> None:
                         type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--audio", default="two_cities.wav", choices=sorted(TEXTS))
     parser.add_argument("--seconds", type=float, default=0.0, help="use only the first S s")
+    parser.add_argument("--stagger", type=float, default=0.0,
+                        help="start stream i after i*S s (0: all in lockstep, the worst case)")
+    parser.add_argument("--verbose", action="store_true", help="latencies per utterance")
     asyncio.run(main_async(parser.parse_args()))
 
 
