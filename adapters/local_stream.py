@@ -211,7 +211,14 @@ class LocalStream(SttStream):
             await self._progress.wait()
 
     async def _decoder(self) -> None:
-        while True:
+        try:
+            await self._decode_loop()
+        finally:
+            # Also on failure: release anyone waiting in send_audio or wait_idle.
+            self._progress.set()
+
+    async def _decode_loop(self) -> None:
+        while not self._ended:
             if self._jobs:
                 self._busy = True
                 try:
@@ -219,8 +226,6 @@ class LocalStream(SttStream):
                 finally:
                     self._busy = False
                     self._progress.set()
-                if self._ended:
-                    return
                 continue
             if self._speculation_due() or self._partial_due():
                 self._busy = True
@@ -237,15 +242,19 @@ class LocalStream(SttStream):
             self._wake.clear()
             await self._wake.wait()
 
-    async def _run_job(self, job: _Job) -> None:
+    async def _run_job(self, job: _Job, holding: bool = False) -> None:
+        """Do one job; `holding`: we already hold a decode slot (from a raised ticket)."""
+        if job.kind == "final":
+            await self._final(job, holding)
+            return
+        if holding:
+            self._adapter.release()
         if job.kind == "finalized":
             await self._emit(Finalized())
-        elif job.kind == "end":
-            self._finish()
         else:
-            await self._final(job)
+            self._finish()
 
-    async def _final(self, job: _Job) -> None:
+    async def _final(self, job: _Job, holding: bool = False) -> None:
         utt = job.utterance
         assert utt is not None
         offset = utt.start / SAMPLE_RATE
@@ -253,9 +262,12 @@ class LocalStream(SttStream):
         if speculation is not None and speculation[0] == (utt.start, utt.end) and (
                 speculation[1] is not None and speculation[1].segment_id == job.segment_id):
             transcript = speculation[1]  # decoded while the pause was being confirmed
+            if holding:
+                self._adapter.release()
         else:
             adapter = self._adapter
-            await adapter.acquire(adapter.ticket(FINAL))
+            if not holding:
+                await adapter.acquire(adapter.ticket(FINAL))
             # Other finals waiting or decoding: a narrower beam, so the backlog clears sooner.
             beam = BUSY_FINAL_BEAM if adapter.finals_busy() else FINAL_BEAM
             transcript = await adapter.decode_in_slot(functools.partial(
@@ -313,9 +325,12 @@ class LocalStream(SttStream):
                 await adapter.acquire(ticket)
             finally:
                 self._ticket = None
-        # We hold a slot. A final that came meanwhile raised our ticket: it goes first.
+        # We hold a slot. A final that came meanwhile raised our ticket: it uses the slot.
+        if self._jobs:
+            await self._run_job(self._jobs.popleft(), holding=True)
+            return
         current = self._open
-        if self._jobs or current is None:
+        if current is None:
             adapter.release()
             return
         start, audio = current

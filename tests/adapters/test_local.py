@@ -254,3 +254,23 @@ async def test_concurrent_streams_share_one_model(adapter: LocalAdapter) -> None
         assert await other.load("tiny.en") is await adapter.load("tiny.en")
     finally:
         await other.aclose()
+
+
+async def test_a_failing_decode_ends_the_stream_with_a_provider_error(
+        adapter: LocalAdapter, monkeypatch: pytest.MonkeyPatch) -> None:
+    from adapters import local_stream
+    from adapters.base import ProviderError
+
+    def broken(*args: object, **kwargs: object) -> Transcript:
+        raise RuntimeError("CTranslate2 ran out of memory")
+
+    monkeypatch.setattr(local_stream, "decode_final", broken)
+    monkeypatch.setattr(local_stream, "decode_partial", broken)
+    stream = adapter.open_stream("tiny.en", StreamOptions())
+    async with stream:
+        for part in chunks(pcm("beckett.wav"), [3200]):
+            await stream.send_audio(part)  # never hangs, even with the decoder gone
+        await stream.close_stream()
+        with pytest.raises(ProviderError, match="out of memory"):
+            async for _ in stream.events():
+                pass

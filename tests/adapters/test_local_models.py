@@ -156,3 +156,16 @@ async def test_later_partials_leave_a_slot_for_finals() -> None:
     await asyncio.wait_for(released, 1)
     scheduler.release()
     assert not scheduler.busy
+
+
+def test_decode_settings_follow_the_options() -> None:
+    from adapters.local_decode import DecodeSettings
+
+    auto = DecodeSettings.from_options(StreamOptions(
+        language="auto", custom_vocabulary=("Beckett", "Dickens"), temperature=0.3))
+    assert auto.language is None  # detect, per utterance
+    assert auto.hotwords == "Beckett, Dickens" and auto.temperature == 0.3
+    plain = DecodeSettings.from_options(StreamOptions(initial_prompt="A reading."))
+    assert plain.language == "en" and plain.hotwords is None and plain.temperature == 0.0
+    assert plain.initial_prompt == "A reading."
+    assert plain.with_language("de").language == "de"
