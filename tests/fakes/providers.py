@@ -13,7 +13,7 @@ from typing import Any
 
 from adapters.base import Adapter, AdapterContext
 
-# provider -> (default model, PCM rate the adapter is fed, settings key prefix)
+# provider -> (default model, PCM rate of that model)
 CLOUD: dict[str, tuple[str, int]] = {
     "deepgram": ("nova-3", 16000),
     "assemblyai": ("universal-streaming-english", 16000),
