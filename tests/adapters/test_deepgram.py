@@ -185,3 +185,27 @@ def test_catalogue_and_unconfigured() -> None:
     assert "DEEPGRAM_API_KEY" in (models["nova-3"].unavailable_reason or "")
     assert models["nova-3"].capabilities.language_detection
     assert not models["nova-3-medical"].capabilities.language_detection
+
+
+async def test_empty_frames_are_never_forwarded() -> None:
+    # An empty binary frame would end the stream upstream (DATA-0000 on this fake).
+    audio = pcm("beckett.wav")[:48000]
+    async with FakeDeepgram(text="Ever tried.", speech_seconds=1.5) as fake:
+        stream = adapter(fake).open_stream("nova-3", StreamOptions())
+        await stream.start()
+        events: list[object] = []
+
+        async def consume() -> None:
+            async for e in stream.events():
+                events.append(e)
+
+        reader = asyncio.create_task(consume())
+        for chunk in (audio[:16000], b"", audio[16000:], b""):
+            await stream.send_audio(chunk)
+        await stream.close_stream()
+        await asyncio.wait_for(reader, 10)
+        await stream.aclose()
+        log = await fake.wait_closed()
+    assert log.frames == 2 and log.close_code == 1000
+    assert " ".join(e.text for e in events if isinstance(e, Transcript) and e.is_final) == (
+        "Ever tried.")
