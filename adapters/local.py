@@ -166,13 +166,13 @@ class LocalAdapter(Adapter):
         """A slot for a later partial: only while no final is decoding or waiting (the
         threads share the CPU, so a partial next to a final slows the final down), and
         leaving one slot free for the next final."""
-        if self._finals_in_flight or self._scheduler.waiting(FINAL):
+        if self.other_finals():
             return False
         return self._scheduler.try_acquire(reserve=1 if self._scheduler.slots > 1 else 0)
 
-    def finals_busy(self) -> bool:
-        """Another final is decoding or waiting for a slot."""
-        return bool(self._finals_in_flight or self._scheduler.waiting(FINAL))
+    def other_finals(self) -> int:
+        """Finals decoding or waiting for a slot (call while holding the slot for ours)."""
+        return self._finals_in_flight + self._scheduler.waiting(FINAL)
 
     async def wait_released(self) -> None:
         await self._scheduler.wait_released()

@@ -30,11 +30,10 @@ from adapters.base import (
     UtteranceEnd,
 )
 from adapters.local_decode import (
-    BUSY_FINAL_BEAM,
-    FINAL_BEAM,
     DecodeSettings,
     decode_final,
     decode_partial,
+    final_effort,
 )
 from adapters.local_models import FINAL, FIRST_PARTIAL, Ticket
 from adapters.vad import (
@@ -268,11 +267,10 @@ class LocalStream(SttStream):
             adapter = self._adapter
             if not holding:
                 await adapter.acquire(adapter.ticket(FINAL))
-            # Other finals waiting or decoding: a narrower beam, so the backlog clears sooner.
-            beam = BUSY_FINAL_BEAM if adapter.finals_busy() else FINAL_BEAM
+            effort = final_effort(adapter.other_finals())
             transcript = await adapter.decode_in_slot(functools.partial(
                 decode_final, self._whisper, utt.audio, offset, job.segment_id,
-                self._settings, beam), final=True)
+                self._settings, effort), final=True)
         if transcript.text or job.segment_id in self._partials_sent:
             await self._emit(transcript)
         self._partials_sent.discard(job.segment_id)
@@ -305,10 +303,10 @@ class LocalStream(SttStream):
         key = (pending.start, pending.end)
         self._speculation = (key, None)
         segment_id = self._segment_id()
-        beam = BUSY_FINAL_BEAM if self._adapter.finals_busy() else FINAL_BEAM
+        effort = final_effort(self._adapter.other_finals())
         transcript = await self._adapter.decode_in_slot(functools.partial(
             decode_final, self._whisper, pending.audio, pending.start / SAMPLE_RATE,
-            segment_id, self._settings, beam), final=True)
+            segment_id, self._settings, effort), final=True)
         if self._speculation is not None and self._speculation[0] == key:
             self._speculation = (key, transcript)
 

@@ -169,3 +169,12 @@ def test_decode_settings_follow_the_options() -> None:
     assert plain.language == "en" and plain.hotwords is None and plain.temperature == 0.0
     assert plain.initial_prompt == "A reading."
     assert plain.with_language("de").language == "de"
+
+
+def test_final_effort_drops_as_finals_pile_up() -> None:
+    from adapters.local_decode import EFFORT_BACKLOG, EFFORT_BUSY, EFFORT_IDLE, final_effort
+
+    assert final_effort(0) == EFFORT_IDLE and EFFORT_IDLE.beam_size == 5
+    assert final_effort(1) == EFFORT_BUSY
+    assert final_effort(5) == EFFORT_BACKLOG and EFFORT_BACKLOG.beam_size == 1
+    assert EFFORT_BACKLOG.encoder_frames < EFFORT_IDLE.encoder_frames
