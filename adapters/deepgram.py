@@ -118,6 +118,8 @@ def _float(value: Any) -> float | None:
 
 
 def majority_speaker(words: tuple[Word, ...]) -> str | None:
+    if not words or words[0].speaker is None:  # no diarization: skip the counting
+        return None
     speakers = Counter(w.speaker for w in words if w.speaker is not None)
     return speakers.most_common(1)[0][0] if speakers else None
 
@@ -168,6 +170,10 @@ class Segmenter:
 
     def _transcript(self, pieces: list[ResultPiece], *, is_final: bool) -> Transcript:
         pieces = [p for p in pieces if p.text]
+        if len(pieces) == 1:  # the common case: one interim window (hot path of the relay)
+            p = pieces[0]
+            return Transcript(self.segment_id, is_final, p.text, p.start, p.end, p.words,
+                              p.confidence, p.language, majority_speaker(p.words))
         words = tuple(w for p in pieces for w in p.words)
         confidences = [p.confidence for p in pieces if p.confidence is not None]
         return Transcript(
