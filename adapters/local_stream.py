@@ -87,7 +87,7 @@ class LocalStream(SttStream):
         self._open_id: str | None = None
         self._agreement = LocalAgreement()
         self._partial_at = 0
-        self._partials_sent: set[str] = set()
+        self._partials_sent: dict[str, str] = {}  # segment id -> text of its last partial
         # What the decoder may look at: taken on the loop after each VAD step, since the
         # segmenter itself runs in a worker thread. Arrays are views the segmenter never
         # writes to again (it only concatenates and slices).
@@ -271,11 +271,13 @@ class LocalStream(SttStream):
             transcript = await adapter.decode_in_slot(functools.partial(
                 decode_final, self._whisper, utt.audio, offset, job.segment_id,
                 self._settings, effort), final=True)
+        # A final replaces the partials shown; an utterance that decoded to nothing (a
+        # cough the VAD took for speech) and showed nothing stays silent.
         if transcript.text or job.segment_id in self._partials_sent:
             await self._emit(transcript)
-        self._partials_sent.discard(job.segment_id)
-        if job.speech_end is not None:
-            await self._emit(UtteranceEnd(job.speech_end))
+            if job.speech_end is not None:
+                await self._emit(UtteranceEnd(job.speech_end))
+        self._partials_sent.pop(job.segment_id, None)
 
     async def _wait_for_change(self) -> None:
         """Until a decode slot is released or new audio (or a job) arrives."""
@@ -341,8 +343,10 @@ class LocalStream(SttStream):
             return  # the utterance closed while we decoded; its final is on the way
         self._utt_language = self._utt_language or language
         agreement = self._agreement.update(words)
+        if self._partials_sent.get(segment_id) == agreement.text:
+            return  # nothing new to show
+        self._partials_sent[segment_id] = agreement.text
         logger.debug("partial %s agreed %r", segment_id, agreement.stable)
-        self._partials_sent.add(segment_id)
         await self._emit(Transcript(
             segment_id=segment_id, is_final=False, text=agreement.text,
             start=start / SAMPLE_RATE, end=(start + len(audio)) / SAMPLE_RATE,

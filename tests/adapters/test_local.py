@@ -162,9 +162,12 @@ async def test_agreed_prefix_never_changes(adapter: LocalAdapter,
     for history in agreed.values():
         for before, after in zip(history, history[1:], strict=False):
             assert after[:len(before)] == before
-    shown = {p.segment_id: p.text for p in run.partials}  # last partial of each segment
-    for segment_id, history in agreed.items():
-        assert shown[segment_id].split()[:len(history[-1])] == list(history[-1])
+    # Each partial shows the prefix agreed when it was made, and never the same text twice.
+    stables = [s for history in agreed.values() for s in history]
+    for partial, stable in zip(run.partials, stables, strict=True):
+        assert partial.text.split()[:len(stable)] == list(stable)
+    texts = [(p.segment_id, p.text) for p in run.partials]
+    assert all(a != b for a, b in zip(texts, texts[1:], strict=False))
     assert wer(TWO_CITIES_TEXT, run.text) <= 0.2
 
 
