@@ -38,6 +38,7 @@ from adapters.base import (
     ModelInfo,
     ModelNotFound,
     ProviderNotConfigured,
+    ProviderUnavailable,
     StreamOptions,
 )
 from adapters.local_models import (
@@ -144,7 +145,12 @@ class LocalAdapter(Adapter):
     async def load(self, name: str) -> Any:
         """The shared model instance, loaded in a worker thread on first use."""
         weights = self._available_weights(name)
-        return await asyncio.to_thread(shared_model, weights, self._load_options)
+        try:
+            return await asyncio.to_thread(shared_model, weights, self._load_options)
+        except Exception as exc:  # noqa: BLE001 - a broken model dir or failed download
+            logger.error("local.%s: cannot load (%s): %s", name, weights.source, exc)
+            raise ProviderUnavailable(f"cannot load local.{name} from {weights.source}: {exc}",
+                                      provider=PROVIDER) from exc
 
     async def warmup(self, model: str) -> None:
         """Load `model` (and the VAD) ahead of the first session; called at startup."""

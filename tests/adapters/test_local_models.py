@@ -178,3 +178,18 @@ def test_final_effort_drops_as_finals_pile_up() -> None:
     assert final_effort(1) == EFFORT_BUSY
     assert final_effort(5) == EFFORT_BACKLOG and EFFORT_BACKLOG.beam_size == 1
     assert EFFORT_BACKLOG.encoder_frames < EFFORT_IDLE.encoder_frames
+
+
+async def test_broken_weights_raise_provider_unavailable(tmp_path: Path) -> None:
+    from adapters.base import ProviderUnavailable
+
+    (tmp_path / "small.en").mkdir()
+    (tmp_path / "small.en" / "model.bin").write_bytes(b"not a CTranslate2 model")
+    adapter = LocalAdapter(AdapterContext(extra={"model_dir": str(tmp_path)}))
+    try:
+        stream = adapter.open_stream("small.en", StreamOptions())
+        with pytest.raises(ProviderUnavailable, match="cannot load local.small.en"):
+            await stream.start()
+        await stream.aclose()
+    finally:
+        await adapter.aclose()
