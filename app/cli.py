@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -64,32 +65,41 @@ async def _transcribe(args: argparse.Namespace, settings: Settings) -> int:
     # Partials are shown live on a terminal; ask for them even if the output format has none.
     wire_format = "verbose_json" if show_live and fmt == "text" else fmt
     progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                        TextColumn("{task.completed:.1f}/{task.total:.1f} s"),
+                        TextColumn("{task.fields[clock]}"),
                         TimeRemainingColumn(), TextColumn("[dim]{task.fields[partial]}"),
                         console=err, disable=not show_live, transient=True)
-    task = progress.add_task("streaming", total=None, partial="")
+    task = progress.add_task("streaming", total=None, partial="", clock="")
+    total: list[float] = []
 
     def on_duration(duration: float | None) -> None:
-        progress.update(task, total=duration)
+        if duration:
+            total.append(duration)
+            progress.update(task, total=duration)
 
     def on_sent(seconds: float) -> None:
-        progress.update(task, completed=seconds)
+        clock = f"{seconds:.1f}/{total[0]:.1f} s" if total else f"{seconds:.1f} s"
+        progress.update(task, completed=seconds, clock=clock)
 
     params = {"model": args.model, "language": args.language, "output_format": wire_format,
               "interim_results": show_live or None, "diarization": args.diarization or None}
     try:
-        with progress:
-            async for event in client.transcribe_file(
-                    args.file, realtime=args.realtime, on_sent=on_sent,
-                    duration_hint=on_duration, **params):
-                line = _render(event, fmt, wire_format)
-                if event.get("type") == "transcript" and not event.get("is_final"):
-                    progress.update(task, partial=event.get("text", "")[-60:])
-                    if fmt != "verbose_json":
+        events = client.transcribe_file(args.file, realtime=args.realtime, on_sent=on_sent,
+                                        duration_hint=on_duration, **params)
+        async with contextlib.aclosing(events):
+            with progress:
+                async for event in events:
+                    line = _render(event, fmt, wire_format)
+                    if event.get("type") == "transcript" and not event.get("is_final"):
+                        progress.update(task, partial=event.get("text", "")[-60:])
+                        if fmt != "verbose_json":
+                            continue
+                    if line is None:
                         continue
-                if line is not None:
-                    progress.console.print(line, markup=False, highlight=False, soft_wrap=True) \
-                        if show_live else print(line, flush=True)
+                    if show_live:
+                        progress.console.print(line, markup=False, highlight=False,
+                                               soft_wrap=True)
+                    else:
+                        print(line, flush=True)
                     progress.update(task, partial="")
     except SpeechgateError as exc:
         print(f"error: gateway closed the stream with {exc.code}: {exc.reason}", file=sys.stderr)
@@ -97,6 +107,8 @@ async def _transcribe(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:
         print(f"error: {args.file}: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        raise  # our stdout went away (e.g. `| head`), not the gateway
     except OSError as exc:
         print(f"error: cannot reach the gateway at {args.url}: {exc}", file=sys.stderr)
         return 1
@@ -172,7 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = load_settings()
-    result = args.func(args, settings)
-    if asyncio.iscoroutine(result):
-        result = asyncio.run(result)
+    try:
+        result = args.func(args, settings)
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
+    except BrokenPipeError:
+        # The reader of our output left (`speechgate models | head`): stop quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return int(result or 0)
