@@ -14,10 +14,16 @@ finals:
   decode overlap; if speech resumes, the result is dropped.
 
 One model instance per process is shared by every stream; decodes run in a bounded thread
-pool (``decode_workers``) and never on the event loop. Each stream has at most one decode in
-flight, finals go before partials, and partials skipped while the pool is busy merge into
-the next one, so streams stay real time under load; `send_audio` awaits (backpressure) when
-finals pile up.
+pool (``decode_workers``) and never on the event loop. Scheduling for latency under load
+(`adapters.local_models.DecodeScheduler`): each stream has at most one decode in flight;
+finals go first, then first partials; later partials run only on a spare slot while no final
+is waiting, and merge into one when skipped; finals decode with less effort (narrower beam,
+shorter encoder window) when other finals are queued. `send_audio` awaits (backpressure)
+when more than a few finals are waiting.
+
+Whisper's encoder normally sees 30 s of (padded) audio per decode; we give it the utterance
+plus a margin, at least 10 s for partials and 15 s for finals
+(`adapters.local_models._TrimmedWhisperModel`): a short utterance decodes several times faster.
 
 Settings (``AdapterContext.extra``): ``model_dir``, ``compute_type`` ("int8"),
 ``cpu_threads`` (1), ``decode_workers`` (2), ``download`` (False).
