@@ -82,6 +82,7 @@ class LocalStream(SttStream):
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()  # set whenever the decoder finishes a job
         self._input_lock = asyncio.Lock()
+        self._odd_byte = b""
         self._ticket: Ticket | None = None
         # The open utterance: its segment id, agreement state, audio length at last partial.
         self._open_id: str | None = None
@@ -107,10 +108,12 @@ class LocalStream(SttStream):
         self._spawn(self._decoder(), "decoder")
 
     async def _send_audio(self, pcm: bytes) -> None:
-        if len(pcm) % 2:
-            raise ValueError("PCM chunk of odd length")  # the gateway keeps odd bytes back
         async with self._input_lock:
-            events = await self._segment(lambda seg: seg.feed(pcm))
+            # A chunk may split a sample: keep the odd byte for the next one.
+            data = self._odd_byte + pcm
+            cut = len(data) - len(data) % 2
+            self._odd_byte, data = data[cut:], data[:cut]
+            events = await self._segment(lambda seg: seg.feed(data))
             await self._handle(events)
         # Backpressure: a slow decoder stops our reads instead of letting audio pile up.
         while len(self._jobs) > MAX_PENDING_FINALS and not self._ended:
