@@ -148,11 +148,7 @@ class SegmentedStream(SttStream):
         await self._jobs.put(None)
 
     async def _shutdown(self) -> None:
-        """The uploader task is cancelled by `aclose`; the HTTP pool belongs to the adapter.
-
-        Yield once first, so a task spawned just before is running when it is cancelled
-        (a task cancelled before its first step leaves its coroutine never awaited)."""
-        await asyncio.sleep(0)
+        """The uploader task is cancelled by `aclose`; the HTTP pool belongs to the adapter."""
 
     async def _queue_events(self, events: list[Any]) -> None:
         # The VAD says SpeechEnd before the Utterance it closes; we report the utterance end

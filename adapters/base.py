@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -452,9 +453,16 @@ class SttStream(ABC):
             except ProviderError as err:
                 self._fail(err)
 
+        def done(task: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            # A task cancelled before its first step never awaited `coro`: close it, so it
+            # is not reported as "never awaited".
+            if inspect.iscoroutine(coro):
+                coro.close()
+
         task = asyncio.get_running_loop().create_task(runner(), name=f"{self.provider}:{name}")
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(done)
         return task
 
     async def _guard(self, coro: Awaitable[T]) -> T:

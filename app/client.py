@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -126,7 +126,7 @@ class SpeechgateClient:
     async def transcribe_file(self, path: str, *, realtime: bool = False,
                               on_sent: Callable[[float], None] | None = None,
                               duration_hint: Callable[[float | None], None] | None = None,
-                              **params: Any) -> AsyncIterator[Event]:
+                              **params: Any) -> AsyncGenerator[Event, None]:
         """Decode `path` (any format PyAV reads) and stream it at 16 kHz."""
         queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=50)
         loop = asyncio.get_running_loop()
