@@ -10,7 +10,7 @@ APT_PACKAGES := redis-server espeak-ng sox chromium
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -U pip
-	$(PIP) install -e '.[providers]'
+	$(PIP) install -e .
 	@touch $@
 
 install: $(VENV)/.installed
@@ -19,7 +19,7 @@ run: install
 	$(VENV)/bin/speechgate serve
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
-	$(PIP) install -e '.[providers,test]'
+	$(PIP) install -e '.[test]'
 	# Public-domain speech recordings for the tests (we read its assets only).
 	$(PIP) install --no-deps moonshine-voice==0.1.5
 	@touch $@
