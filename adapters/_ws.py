@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from abc import abstractmethod
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -126,8 +127,9 @@ class WebSocketStream(SttStream):
         return ProviderUnavailable(f"upstream closed: {reason or code}", provider=self.provider,
                                    code=code, retryable=True)
 
+    @abstractmethod
     async def _on_message(self, message: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """One parsed JSON message from the upstream."""
 
     async def _on_upstream_closed(self) -> None:
         """The upstream closed normally: emit what is still pending (then the stream ends)."""

@@ -21,7 +21,6 @@ from adapters.base import (
     Adapter,
     AdapterContext,
     Capabilities,
-    ModelInfo,
     ProviderAuthError,
     ProviderError,
     ProviderProtocolError,
@@ -335,12 +334,7 @@ class AssemblyAIStream(WebSocketStream):
 class AssemblyAIAdapter(Adapter):
     provider = PROVIDER
     credential_env = "ASSEMBLYAI_API_KEY"
-
-    def models(self) -> list[ModelInfo]:
-        reason = self.unavailable_reason()
-        return [ModelInfo(f"{PROVIDER}.{name}", PROVIDER, name, title, caps,
-                          available=reason is None, unavailable_reason=reason)
-                for name, (title, caps) in MODELS.items()]
+    catalogue = MODELS
 
     def open_stream(self, model: str, options: StreamOptions) -> AssemblyAIStream:
         self.capabilities(model)

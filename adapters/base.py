@@ -24,7 +24,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -519,13 +519,18 @@ class Adapter(ABC):
     provider: str = ""
     # Name of the variable to set when unconfigured (shown in 4503 reasons and /v1/models).
     credential_env: str | None = None
+    # model name -> (display name, capabilities); the default `models()` lists these.
+    catalogue: ClassVar[dict[str, tuple[str, Capabilities]]] = {}
 
     def __init__(self, context: AdapterContext) -> None:
         self.context = context
 
-    @abstractmethod
     def models(self) -> list[ModelInfo]:
         """Every model this provider offers, with `available` set."""
+        reason = self.unavailable_reason()
+        return [ModelInfo(f"{self.provider}.{name}", self.provider, name, title, caps,
+                          available=reason is None, unavailable_reason=reason)
+                for name, (title, caps) in self.catalogue.items()]
 
     def unavailable_reason(self) -> str | None:
         """Why no stream can be opened right now (None when configured)."""

@@ -20,7 +20,6 @@ from adapters.base import (
     Adapter,
     AdapterContext,
     Capabilities,
-    ModelInfo,
     ProviderError,
     ProviderProtocolError,
     ProviderTimeout,
@@ -315,12 +314,7 @@ class DeepgramStream(WebSocketStream):
 class DeepgramAdapter(Adapter):
     provider = PROVIDER
     credential_env = "DEEPGRAM_API_KEY"
-
-    def models(self) -> list[ModelInfo]:
-        reason = self.unavailable_reason()
-        return [ModelInfo(f"{PROVIDER}.{name}", PROVIDER, name, title, caps,
-                          available=reason is None, unavailable_reason=reason)
-                for name, (title, caps) in MODELS.items()]
+    catalogue = MODELS
 
     def open_stream(self, model: str, options: StreamOptions) -> DeepgramStream:
         self.capabilities(model)

@@ -13,13 +13,12 @@ from typing import Any
 
 import httpx
 
+from adapters._http import HttpAdapter
 from adapters._ws import WebSocketStream, http_status_error, parse_retry_after
 from adapters.base import (
     BYTES_PER_SAMPLE,
-    Adapter,
     AdapterContext,
     Capabilities,
-    ModelInfo,
     ProviderAuthError,
     ProviderBadRequest,
     ProviderError,
@@ -218,27 +217,12 @@ class GladiaStream(WebSocketStream):
         return close_error(code, reason)
 
 
-class GladiaAdapter(Adapter):
+class GladiaAdapter(HttpAdapter):
     provider = PROVIDER
     credential_env = "GLADIA_API_KEY"
+    catalogue = MODELS
 
-    def __init__(self, context: AdapterContext) -> None:
-        super().__init__(context)
-        self._http: httpx.AsyncClient | None = None
-
-    def models(self) -> list[ModelInfo]:
-        reason = self.unavailable_reason()
-        return [ModelInfo(f"{PROVIDER}.{name}", PROVIDER, name, title, caps,
-                          available=reason is None, unavailable_reason=reason)
-                for name, (title, caps) in MODELS.items()]
 
     def open_stream(self, model: str, options: StreamOptions) -> GladiaStream:
         self.capabilities(model)
-        if self._http is None:
-            self._http = httpx.AsyncClient()
-        return GladiaStream(model, options, self.context, self._http)
-
-    async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        return GladiaStream(model, options, self.context, self.http)

@@ -7,10 +7,9 @@ POSTs each utterance to Groq's OpenAI-compatible ``/audio/transcriptions``
 
 from __future__ import annotations
 
-import httpx
-
+from adapters._http import HttpAdapter
 from adapters._segmented import SegmentedStream
-from adapters.base import Adapter, AdapterContext, Capabilities, ModelInfo, StreamOptions
+from adapters.base import Capabilities, StreamOptions
 
 PROVIDER = "groq"
 
@@ -22,29 +21,14 @@ MODELS: dict[str, tuple[str, Capabilities]] = {
 }
 
 
-class GroqAdapter(Adapter):
+class GroqAdapter(HttpAdapter):
     provider = PROVIDER
     credential_env = "GROQ_API_KEY"
+    catalogue = MODELS
 
-    def __init__(self, context: AdapterContext) -> None:
-        super().__init__(context)
-        self._http: httpx.AsyncClient | None = None
-
-    def models(self) -> list[ModelInfo]:
-        reason = self.unavailable_reason()
-        return [ModelInfo(f"{PROVIDER}.{name}", PROVIDER, name, title, caps,
-                          available=reason is None, unavailable_reason=reason)
-                for name, (title, caps) in MODELS.items()]
 
     def open_stream(self, model: str, options: StreamOptions) -> SegmentedStream:
         self.capabilities(model)
-        if self._http is None:
-            self._http = httpx.AsyncClient()
         return SegmentedStream(model, options, self.context, provider=PROVIDER,
                                base_url=self.context.base_url or "https://api.groq.com/openai/v1",
-                               http=self._http)
-
-    async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+                               http=self.http)

@@ -17,18 +17,16 @@ import base64
 import json
 from typing import Any
 
-import httpx
 import numpy as np
 import soxr
 
+from adapters._http import HttpAdapter
 from adapters._segmented import SegmentedStream, prompt_for
 from adapters._ws import WebSocketStream
 from adapters.base import (
     BYTES_PER_SAMPLE,
-    Adapter,
     AdapterContext,
     Capabilities,
-    ModelInfo,
     ProviderBadRequest,
     ProviderError,
     ProviderProtocolError,
@@ -255,31 +253,16 @@ class RealtimeStream(WebSocketStream):
                           else self.options.language)
 
 
-class OpenAIAdapter(Adapter):
+class OpenAIAdapter(HttpAdapter):
     provider = PROVIDER
     credential_env = "OPENAI_API_KEY"
+    catalogue = MODELS
 
-    def __init__(self, context: AdapterContext) -> None:
-        super().__init__(context)
-        self._http: httpx.AsyncClient | None = None
-
-    def models(self) -> list[ModelInfo]:
-        reason = self.unavailable_reason()
-        return [ModelInfo(f"{PROVIDER}.{name}", PROVIDER, name, title, caps,
-                          available=reason is None, unavailable_reason=reason)
-                for name, (title, caps) in MODELS.items()]
 
     def open_stream(self, model: str, options: StreamOptions) -> SttStream:
         self.capabilities(model)
         if model in REST_MODELS:
-            if self._http is None:
-                self._http = httpx.AsyncClient()
             return SegmentedStream(model, options, self.context, provider=PROVIDER,
                                    base_url=self.context.base_url or "https://api.openai.com/v1",
-                                   http=self._http)
+                                   http=self.http)
         return RealtimeStream(model, options, self.context)
-
-    async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +42,7 @@ def http_error(status: int, body: str, headers: dict[str, str] | None = None) ->
     return Response(status, "Error", h, body.encode())
 
 
-class WsFake:
+class WsFake(ABC):
     """Subclasses implement `judge(request)` (handshake) and `session(ws, log)`."""
 
     def __init__(self) -> None:
@@ -57,8 +58,9 @@ class WsFake:
     def judge(self, request: Request) -> Response | None:
         return None
 
+    @abstractmethod
     async def session(self, ws: ServerConnection, log: SessionLog) -> None:
-        raise NotImplementedError
+        """Speak the provider's protocol on one accepted connection."""
 
     async def __aenter__(self) -> WsFake:
         # A short close timeout: after an error close, a client still pushing audio gets its
@@ -110,7 +112,7 @@ def record_text(log: SessionLog, raw: str) -> dict[str, Any]:
     return message
 
 
-class AsgiFake:
+class AsgiFake(ABC):
     """A Starlette app served by uvicorn on a free loopback port, in the test's event loop
     (for fakes with HTTP endpoints: Gladia's session POST, the transcription REST APIs)."""
 
@@ -123,8 +125,9 @@ class AsgiFake:
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @abstractmethod
     def app(self) -> Any:
-        raise NotImplementedError
+        """The ASGI app serving the provider's HTTP API."""
 
     async def __aenter__(self) -> AsgiFake:
         import uvicorn
@@ -144,7 +147,7 @@ class AsgiFake:
                 await asyncio.sleep(0.01)
         return self
 
-    def stopping(self) -> None:
+    def stopping(self) -> None:  # noqa: B027 - optional hook
         """Called before shutdown: release any handler a fault keeps waiting."""
 
     async def __aexit__(self, *exc: object) -> None:
