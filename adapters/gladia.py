@@ -222,7 +222,6 @@ class GladiaAdapter(HttpAdapter):
     credential_env = "GLADIA_API_KEY"
     catalogue = MODELS
 
-
     def open_stream(self, model: str, options: StreamOptions) -> GladiaStream:
         self.capabilities(model)
         return GladiaStream(model, options, self.context, self.http)

@@ -126,5 +126,5 @@ class AccessControl(ABC):
         """Is the backing store reachable (for /readyz)?"""
         return True
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections at shutdown."""
