@@ -10,19 +10,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Coroutine
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from app.errors import GatewayError, to_gateway_error
 from app.gateway import Gateway
-from app.session import Session
+from app.params import SessionRequest
+from app.session import Session, open_session
+from auth.base import Principal
 
 logger = logging.getLogger(__name__)
 
 
-class WebSocketFrontend:
+class WebSocketFrontend(ABC):
     label = "native"
 
     def __init__(self, websocket: WebSocket, gateway: Gateway) -> None:
@@ -30,6 +34,25 @@ class WebSocketFrontend:
         self.gateway = gateway
         self._send_lock = asyncio.Lock()
         self._closed = False
+
+    async def serve(self) -> None:
+        """Accept, speak the protocol, and end every failure with a close naming its cause."""
+        await self.ws.accept()
+        try:
+            await self._serve()
+        except WebSocketDisconnect:
+            return
+        except Exception as exc:
+            await self._fail(to_gateway_error(exc))
+
+    @abstractmethod
+    async def _serve(self) -> None:
+        """The protocol: authenticate, build the request, open the session, run it."""
+
+    def _open_session(self, request: SessionRequest,
+                      principal: Principal) -> AbstractAsyncContextManager[Session]:
+        return open_session(self.gateway, request, principal,
+                            origin=self.ws.headers.get("origin"))
 
     @property
     def client_host(self) -> str | None:

@@ -11,10 +11,10 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from app.credentials import key_from_request
-from app.errors import GatewayError, to_gateway_error
+from app.errors import GatewayError
 from app.gateway import Gateway
 from app.params import OUTPUT_FORMATS, parse_session_params
-from app.session import Session, SessionEnded, SessionError, SessionEvent, open_session
+from app.session import Session, SessionEnded, SessionError, SessionEvent
 from app.wire import WireFormatter
 from app.ws_frontend import WebSocketFrontend
 
@@ -30,25 +30,18 @@ class NativeConnection(WebSocketFrontend):
     def error_frame(self, error: GatewayError) -> str | None:
         return self.formatter.render_error(error)
 
-    async def serve(self) -> None:
-        await self.ws.accept()
-        try:
-            query = self.ws.query_params
-            request = parse_session_params(
-                {k: query.getlist(k) for k in query.keys()},
-                default_model=self.gateway.settings.default_model)
-            self.formatter = WireFormatter(request.output_format)
-            secret = key_from_request(self.ws.headers, query)
-            if secret is None:
-                secret = await self._auth_message()
-            principal = await self.gateway.authenticate(secret, self.client_host)
-            async with open_session(self.gateway, request, principal,
-                                    origin=self.ws.headers.get("origin")) as session:
-                await self._run(session)
-        except WebSocketDisconnect:
-            return
-        except Exception as exc:  # every failure ends as a close code naming the cause
-            await self._fail(to_gateway_error(exc))
+    async def _serve(self) -> None:
+        query = self.ws.query_params
+        request = parse_session_params(
+            {k: query.getlist(k) for k in query.keys()},
+            default_model=self.gateway.settings.default_model)
+        self.formatter = WireFormatter(request.output_format)
+        secret = key_from_request(self.ws.headers, query)
+        if secret is None:
+            secret = await self._auth_message()
+        principal = await self.gateway.authenticate(secret, self.client_host)
+        async with self._open_session(request, principal) as session:
+            await self._run(session)
 
     async def _auth_message(self) -> str:
         """Wait for ``{"type": "auth", "api_key": ...}`` (§1.1 method 4)."""

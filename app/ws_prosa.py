@@ -32,9 +32,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from adapters import base as ab
 from app.credentials import key_from_request
-from app.errors import GatewayError, to_gateway_error
+from app.errors import GatewayError
 from app.params import SessionRequest, parse_session_params
-from app.session import Session, SessionCreated, SessionEnded, SessionError, open_session
+from app.session import Session, SessionCreated, SessionEnded, SessionError
 from app.stream_decode import StreamDecoder
 from app.ws_frontend import WebSocketFrontend
 
@@ -89,31 +89,24 @@ class ProsaConnection(WebSocketFrontend):
     def error_frame(self, error: GatewayError) -> str | None:
         return _dumps({"type": "error", **error.to_json(), "close_code": error.close_code})
 
-    async def serve(self) -> None:
-        await self.ws.accept()
-        try:
-            secret = key_from_request(self.ws.headers, self.ws.query_params)
-            if secret is None:
-                first = await self._receive_json("token")
-                token = first.get("token") if isinstance(first, dict) else None
-                if not isinstance(token, str) or not token:
-                    raise GatewayError(4401, 'missing API key: send the x-api-key header or '
-                                             '{"token": "..."} as the first message',
-                                       code="missing_key")
-                secret = token
-            principal = await self.gateway.authenticate(secret, self.client_host)
-            config = await self._receive_json("configuration")
-            if isinstance(config, dict) and set(config) == {"token"}:
-                config = await self._receive_json("configuration")  # token sent as well
-            request, audio = parse_config(config, self.gateway.settings.default_model)
-            label = config.get("label") if isinstance(config, dict) else None
-            async with open_session(self.gateway, request, principal,
-                                    origin=self.ws.headers.get("origin")) as session:
-                await self._run(session, audio, label)
-        except WebSocketDisconnect:
-            return
-        except Exception as exc:  # every failure ends as an error message and a close code
-            await self._fail(to_gateway_error(exc))
+    async def _serve(self) -> None:
+        secret = key_from_request(self.ws.headers, self.ws.query_params)
+        if secret is None:
+            first = await self._receive_json("token")
+            token = first.get("token") if isinstance(first, dict) else None
+            if not isinstance(token, str) or not token:
+                raise GatewayError(4401, 'missing API key: send the x-api-key header or '
+                                         '{"token": "..."} as the first message',
+                                   code="missing_key")
+            secret = token
+        principal = await self.gateway.authenticate(secret, self.client_host)
+        config = await self._receive_json("configuration")
+        if isinstance(config, dict) and set(config) == {"token"}:
+            config = await self._receive_json("configuration")  # token sent as well
+        request, audio = parse_config(config, self.gateway.settings.default_model)
+        label = config.get("label") if isinstance(config, dict) else None
+        async with self._open_session(request, principal) as session:
+            await self._run(session, audio, label)
 
     async def _receive_json(self, what: str) -> Any:
         timeout = self.gateway.settings.auth_timeout

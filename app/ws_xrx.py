@@ -26,14 +26,14 @@ import logging
 from typing import Any
 
 from starlette.routing import WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from adapters import base as ab
 from app.credentials import key_from_request
 from app.errors import GatewayError, to_gateway_error
 from app.gateway import Gateway
 from app.params import parse_session_params
-from app.session import Session, SessionEnded, SessionError, open_session
+from app.session import Session, SessionEnded, SessionError
 from app.ws_frontend import WebSocketFrontend
 from auth.base import Principal
 
@@ -83,33 +83,26 @@ class XrxConnection(WebSocketFrontend):
         super().__init__(websocket, gateway)
         self.mode = "utterance"
 
-    async def serve(self) -> None:
-        await self.ws.accept()
-        try:
-            settings = self.gateway.settings
-            query = self.ws.query_params
-            params = {k: query.getlist(k) for k in query.keys() if k != "mode"}
-            params["output_format"] = ["text"]
-            request = parse_session_params(params, default_model=provider_model(
-                settings.stt_provider, settings.default_model))
-            self.mode = query.get("mode") or (
-                "stream" if settings.stt_provider.strip().lower() in STREAMING_PROVIDERS
-                else "utterance")
-            if self.mode not in MODES:
-                raise GatewayError(4400, "invalid parameter mode: expected utterance or stream",
-                                   code="invalid_parameter")
-            secret = key_from_request(self.ws.headers, query)
-            if secret is not None:
-                principal = await self.gateway.authenticate(secret, self.client_host)
-            else:
-                principal = await anonymous_principal(self.gateway)
-            async with open_session(self.gateway, request, principal,
-                                    origin=self.ws.headers.get("origin")) as session:
-                await self._run(session)
-        except WebSocketDisconnect:
-            return
-        except Exception as exc:  # every failure ends as a close code naming the cause
-            await self._fail(to_gateway_error(exc))
+    async def _serve(self) -> None:
+        settings = self.gateway.settings
+        query = self.ws.query_params
+        params = {k: query.getlist(k) for k in query.keys() if k != "mode"}
+        params["output_format"] = ["text"]
+        request = parse_session_params(params, default_model=provider_model(
+            settings.stt_provider, settings.default_model))
+        self.mode = query.get("mode") or (
+            "stream" if settings.stt_provider.strip().lower() in STREAMING_PROVIDERS
+            else "utterance")
+        if self.mode not in MODES:
+            raise GatewayError(4400, "invalid parameter mode: expected utterance or stream",
+                               code="invalid_parameter")
+        secret = key_from_request(self.ws.headers, query)
+        if secret is not None:
+            principal = await self.gateway.authenticate(secret, self.client_host)
+        else:
+            principal = await anonymous_principal(self.gateway)
+        async with self._open_session(request, principal) as session:
+            await self._run(session)
 
     async def _run(self, session: Session) -> None:
         # In utterance mode xrx sends nothing between utterances; the open connection itself

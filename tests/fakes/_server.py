@@ -42,7 +42,19 @@ def http_error(status: int, body: str, headers: dict[str, str] | None = None) ->
     return Response(status, "Error", h, body.encode())
 
 
-class WsFake(ABC):
+class RecordedSessions:
+    """Every connection a fake served, as a `SessionLog`, and a bounded wait for its end."""
+
+    sessions: list[SessionLog]
+
+    async def wait_closed(self, index: int = -1, within: float = 10.0) -> SessionLog:
+        log = self.sessions[index]
+        async with asyncio.timeout(within):
+            await log.closed.wait()
+        return log
+
+
+class WsFake(RecordedSessions, ABC):
     """Subclasses implement `judge(request)` (handshake) and `session(ws, log)`."""
 
     def __init__(self) -> None:
@@ -96,11 +108,6 @@ class WsFake(ABC):
             log.close_code = ws.close_code
             log.closed.set()
 
-    async def wait_closed(self, index: int = -1, within: float = 10.0) -> SessionLog:
-        log = self.sessions[index]
-        async with asyncio.timeout(within):
-            await log.closed.wait()
-        return log
 
 
 def record_text(log: SessionLog, raw: str) -> dict[str, Any]:
@@ -112,12 +119,13 @@ def record_text(log: SessionLog, raw: str) -> dict[str, Any]:
     return message
 
 
-class AsgiFake(ABC):
+class AsgiFake(RecordedSessions, ABC):
     """A Starlette app served by uvicorn on a free loopback port, in the test's event loop
     (for fakes with HTTP endpoints: Gladia's session POST, the transcription REST APIs)."""
 
     def __init__(self) -> None:
         self.port = 0
+        self.sessions = []
         self._server: Any = None
         self._task: asyncio.Task[None] | None = None
 

@@ -11,7 +11,6 @@ https://docs.gladia.io/api-reference/v2/live/init, https://docs.gladia.io/asynca
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from datetime import UTC, datetime
@@ -74,7 +73,6 @@ class FakeGladia(AsgiFake):
         self.fault = fault
         self.created: dict[str, dict[str, Any]] = {}  # token -> init body
         self.bodies: list[Any] = []
-        self.sessions: list[SessionLog] = []
 
     def app(self) -> Any:
         return Starlette(routes=[Route("/v2/live", self.init, methods=["POST"]),
@@ -118,11 +116,6 @@ class FakeGladia(AsgiFake):
             pass
         finally:
             log.closed.set()
-
-    async def wait_closed(self, index: int = -1, within: float = 10.0) -> SessionLog:
-        async with asyncio.timeout(within):
-            await self.sessions[index].closed.wait()
-        return self.sessions[index]
 
 
 class _Session:

@@ -13,7 +13,6 @@ https://platform.openai.com/docs/guides/realtime-transcription
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import uuid
@@ -46,7 +45,6 @@ class FakeOpenAI(AsgiFake):
         self.text = text
         self.speech_seconds = speech_seconds
         self.fault = fault
-        self.sessions: list[SessionLog] = []
         self.rest = TranscriptionsFake(api_key, {"whisper-1", "gpt-4o-transcribe"},
                                        prefix="/v1", fault=fault)
 
@@ -87,11 +85,6 @@ class FakeOpenAI(AsgiFake):
             pass
         finally:
             log.closed.set()
-
-    async def wait_closed(self, index: int = -1, within: float = 10.0) -> SessionLog:
-        async with asyncio.timeout(within):
-            await self.sessions[index].closed.wait()
-        return self.sessions[index]
 
 
 class _Session:
