@@ -22,7 +22,7 @@ import asyncio
 import os
 import ssl
 from collections import deque
-from typing import Self
+from typing import Self, cast
 
 from websockets.client import ClientProtocol
 from websockets.frames import CloseCode, Frame, Opcode
@@ -147,8 +147,7 @@ class Connection(asyncio.Protocol):
     # ---- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self.protocol.send_request(self._request)
         self._flush()
 
