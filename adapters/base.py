@@ -341,6 +341,7 @@ class SttStream(ABC):
         self._ended = False
         self._input_closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._sink: Callable[[StreamEvent], None] | None = None
         self.audio_seconds_sent = 0.0
 
     # ---- public API (called by the session core) --------------------------------------
@@ -376,6 +377,24 @@ class SttStream(ABC):
             if isinstance(item, ProviderError):
                 raise item
             yield item  # type: ignore[misc]
+
+    def deliver_to(self, sink: Callable[[StreamEvent], None]) -> None:
+        """Hand every event to `sink` as it is emitted, instead of queueing it for `events()`.
+
+        The relay path of the gateway uses this to save a task hand-off per result. Events
+        already queued go to `sink` first, in order; `events()` then only ends the stream
+        (returns, or raises the `ProviderError` that ended it).
+        """
+        queued: list[object] = []
+        while not self._events.empty():
+            queued.append(self._events.get_nowait())
+        self._sink = sink
+        for index, item in enumerate(queued):
+            if item is _END or isinstance(item, ProviderError):
+                for rest in queued[index:]:
+                    self._events.put_nowait(rest)
+                return
+            sink(item)  # type: ignore[arg-type]
 
     async def aclose(self) -> None:
         """Close the upstream now (idempotent); `events()` ends."""
@@ -420,7 +439,10 @@ class SttStream(ABC):
 
     async def _emit(self, event: StreamEvent) -> None:
         if not self._ended:
-            await self._events.put(event)
+            if self._sink is not None:
+                self._sink(event)
+            else:
+                await self._events.put(event)
 
     def _finish(self) -> None:
         """The stream is over; `events()` ends after what was already emitted."""

@@ -8,13 +8,14 @@ import logging
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
-from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp
 
-from app import routes
+from app import routes, ws_native
 from app.batch import transcribe_file
 from app.gateway import Gateway, build_gateway
-from app.ws_native import transcribe_websocket
+from app.ws_frontend import WebSocketFrontends
 from config import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def _frontend_modules() -> list[object]:
     return modules
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None) -> ASGIApp:
     settings = settings or load_settings()
     gateway = build_gateway(settings)
     modules = _frontend_modules()
@@ -56,14 +57,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/metrics", routes.metrics),
         Route("/v1/models", routes.list_models),
         Route("/v1/transcribe", transcribe_file, methods=["POST"]),
-        WebSocketRoute("/v1/transcribe", transcribe_websocket),
     ]
     for module in modules:
         route_list.extend(getattr(module, "routes", []))
     if routes.STATIC.is_dir():
         route_list.append(Mount("/static", StaticFiles(directory=routes.STATIC), name="static"))
-    app = Starlette(routes=route_list, lifespan=lifespan)
-    app.state.gateway = gateway
+    starlette = Starlette(routes=route_list, lifespan=lifespan)
+    starlette.state.gateway = gateway
+    frontends = dict(ws_native.frontends)
+    for module in modules:
+        frontends.update(getattr(module, "frontends", {}))
+    app: ASGIApp = WebSocketFrontends(starlette, gateway, frontends)
     for module in modules:
         mount = getattr(module, "mount", None)
         if mount is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 import uuid
@@ -348,6 +349,9 @@ class Session:
             up = self._upstream
             assert up is not None
             try:
+                # Results reach the front-end without a hand-off through this task; the loop
+                # only waits for the stream's end (or error).
+                up.stream.deliver_to(functools.partial(self._relay, up))
                 async for event in up.stream.events():
                     self._relay(up, event)
             except ab.ProviderError as exc:

@@ -15,6 +15,7 @@ from collections.abc import Coroutine
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from app.errors import GatewayError, to_gateway_error
@@ -113,3 +114,27 @@ class WebSocketFrontend(ABC):
             for task in tasks:
                 with contextlib.suppress(BaseException):
                     await task
+
+
+class WebSocketFrontends:
+    """The ASGI layer in front of Starlette that serves the WebSocket front-ends.
+
+    A front-end's connection gets uvicorn's own ``receive``/``send``: through Starlette's
+    router every message would also pass two exception-handling send wrappers, a measurable
+    share of the relay path's CPU at hundreds of streams (bench/bench_relay.py). Everything
+    else (HTTP, unknown paths) goes to `app`.
+    """
+
+    def __init__(self, app: ASGIApp, gateway: Gateway,
+                 frontends: dict[str, type[WebSocketFrontend]]) -> None:
+        self.app = app
+        self.gateway = gateway
+        self.frontends = frontends
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            frontend = self.frontends.get(scope["path"])
+            if frontend is not None:
+                await frontend(WebSocket(scope, receive, send), self.gateway).serve()
+                return
+        await self.app(scope, receive, send)

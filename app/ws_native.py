@@ -136,5 +136,4 @@ class NativeConnection(WebSocketFrontend):
             await self._send(json.dumps({"error": {"code": code, "message": message}}))
 
 
-async def transcribe_websocket(websocket: WebSocket) -> None:
-    await NativeConnection(websocket, websocket.app.state.gateway).serve()
+frontends: dict[str, type[WebSocketFrontend]] = {"/v1/transcribe": NativeConnection}

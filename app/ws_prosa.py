@@ -27,8 +27,7 @@ import json
 import logging
 from typing import Any
 
-from starlette.routing import WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketDisconnect
 
 from adapters import base as ab
 from app.credentials import key_from_request
@@ -173,8 +172,4 @@ class ProsaConnection(WebSocketFrontend):
             elif isinstance(event, SessionEnded):
                 await self._close(1000, "session ended")
 
-async def prosa_websocket(websocket: WebSocket) -> None:
-    await ProsaConnection(websocket, websocket.app.state.gateway).serve()
-
-
-routes = [WebSocketRoute("/v2/speech/stt", prosa_websocket)]
+frontends: dict[str, type[WebSocketFrontend]] = {"/v2/speech/stt": ProsaConnection}

@@ -25,7 +25,6 @@ import json
 import logging
 from typing import Any
 
-from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
 from adapters import base as ab
@@ -169,8 +168,4 @@ class XrxConnection(WebSocketFrontend):
             session.touch()
             await asyncio.sleep(interval)
 
-async def xrx_websocket(websocket: WebSocket) -> None:
-    await XrxConnection(websocket, websocket.app.state.gateway).serve()
-
-
-routes = [WebSocketRoute("/api/v1/ws", xrx_websocket)]
+frontends: dict[str, type[WebSocketFrontend]] = {"/api/v1/ws": XrxConnection}
