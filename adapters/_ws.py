@@ -16,9 +16,9 @@ import logging
 from abc import abstractmethod
 from typing import Any
 
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
-from adapters._wsconn import Connection, connect
 from adapters.base import (
     AdapterContext,
     Finalized,
@@ -77,14 +77,15 @@ def parse_retry_after(value: str | None) -> float | None:
 
 async def open_websocket(
     url: str, headers: dict[str, str], *, provider: str, open_within: float
-) -> Connection:
+) -> ClientConnection:
     """Connect within `open_within`; handshake and transport failures become `ProviderError`s."""
     try:
         async with asyncio.timeout(open_within):
             # No permessage-deflate: PCM barely compresses and deflate is the costliest part
             # of relaying it (see bench/bench_relay.py).
-            return await connect(url, headers, close_timeout=CLOSE_TIMEOUT, ping_interval=20,
-                                 ping_timeout=20)
+            return await connect(url, additional_headers=headers, max_size=None,
+                                 compression=None, open_timeout=None,
+                                 close_timeout=CLOSE_TIMEOUT, ping_interval=20, ping_timeout=20)
     except InvalidStatus as exc:
         response = exc.response
         body = response.body.decode("utf-8", "replace") if response.body else ""
@@ -111,7 +112,7 @@ class WebSocketStream(SttStream):
     def __init__(self, model: str, options: StreamOptions, context: AdapterContext) -> None:
         super().__init__(model, options)
         self.context = context
-        self._ws: Connection | None = None
+        self._ws: ClientConnection | None = None
         self._finalizes = 0  # finalize() calls still waiting for their Finalized
         self._finalize_timer: asyncio.TimerHandle | None = None
         self._quiet_timer: asyncio.TimerHandle | None = None
@@ -155,14 +156,14 @@ class WebSocketStream(SttStream):
         assert self._ws is not None
         self._spawn(self._read(self._ws), "reader")
 
-    async def _read(self, ws: Connection) -> None:
+    async def _read(self, ws: ClientConnection) -> None:
         try:
             await self._read_messages(ws)
         except ProviderError:
             if not self._closed:  # after aclose, a broken upstream is no news
                 raise
 
-    async def _read_messages(self, ws: Connection) -> None:
+    async def _read_messages(self, ws: ClientConnection) -> None:
         try:
             async for raw in ws:
                 if isinstance(raw, bytes):
