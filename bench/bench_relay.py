@@ -8,19 +8,24 @@ one interim result per audio frame whose text is the byte count received), and t
 minus direct), the gateway's CPU (cores) and RSS per stream.
 
     .venv/bin/python bench/bench_relay.py --levels 1,100,500 --seconds 20
+    .venv/bin/python bench/bench_relay.py --floor ...   # the same, through bench/relay_floor.py
+
+``--floor`` puts a relay with no gateway logic (same uvicorn + websockets stack) in the
+gateway's place: the part of the figures that is this machine and this stack, not Speechgate.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 import psutil  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
-from tests.servers import free_port, gateway_process  # noqa: E402
+from tests.servers import free_port, gateway_process, wait_for_port  # noqa: E402
 
 FRAME_BYTES = 3200  # 100 ms of 16 kHz s16le
 FRAME_SECONDS = 0.1
@@ -194,10 +199,27 @@ async def bench(levels: list[int], seconds: float, fake_port: int, gw_port: int,
               f"{direct.client_cores:.2f} {direct.fake_cores:.2f}", flush=True)
 
 
+@contextlib.contextmanager
+def floor_process(fake_port: int) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "bench.relay_floor:app", "--host", "127.0.0.1",
+         "--port", str(port), "--log-level", "warning"], cwd=ROOT,
+        env={**os.environ, "UPSTREAM": f"ws://127.0.0.1:{fake_port}"})
+    try:
+        wait_for_port(port, timeout=30, proc=proc)
+        yield proc, port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", default="1,100,500")
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--floor", action="store_true",
+                        help="measure bench/relay_floor.py (no gateway logic) instead")
     parser.add_argument("--fake", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.fake:
@@ -211,7 +233,10 @@ def main() -> None:
         env = {"SPEECHGATE_DEV_KEY": DEV_KEY, "DEEPGRAM_API_KEY": DG_KEY,
                "SPEECHGATE_DEEPGRAM_BASE_URL": f"ws://127.0.0.1:{fake_port}",
                "SPEECHGATE_LOG_LEVEL": "warning"}
-        with gateway_process(env=env, port=free_port()) as (proc, gw_port):
+        server = floor_process(fake_port) if args.floor else gateway_process(env=env)
+        with server as (proc, gw_port):
+            print("relay floor (bench/relay_floor.py), not the gateway" if args.floor
+                  else "gateway (python -m app)")
             _run(bench([int(x) for x in args.levels.split(",")], args.seconds, fake_port,
                        gw_port, psutil.Process(proc.pid)))
     finally:
