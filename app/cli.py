@@ -20,7 +20,7 @@ logger = logging.getLogger("speechgate")
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from app.main import create_app
+    from app.main import GatewayServer, build_app
 
     overrides: dict[str, Any] = {}
     if args.host:
@@ -43,9 +43,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  dev key: {dev_key}", flush=True)
         print("  try it:  .venv/bin/speechgate transcribe YOUR_FILE.wav "
               f"--url {url} --key {dev_key}", flush=True)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level, ws_max_size=settings.max_frame_bytes,
-                timeout_graceful_shutdown=int(settings.drain_seconds))
+    app, gateway = build_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port,
+                            log_level=settings.log_level, ws_max_size=settings.max_frame_bytes,
+                            timeout_graceful_shutdown=int(settings.drain_seconds))
+    GatewayServer(config, gateway).run()
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -36,6 +37,21 @@ class Gateway:
             return await self.access.authenticate(secret, client=client)
         except Exception as exc:
             raise to_gateway_error(exc) from None
+
+    async def drain(self, seconds: float) -> None:
+        """Server shutdown: refuse new sessions, and give every open one up to `seconds` to
+        flush its provider and deliver the finals of the audio it received; each then closes
+        1012 (restarting, reconnect). Sessions still open after `seconds` are left to the
+        server's own 1012."""
+        self.draining = True
+        sessions = list(self.sessions)
+        if not sessions:
+            return
+        logger.info("draining %d session(s) for up to %g s", len(sessions), seconds)
+        tasks = [asyncio.create_task(s.drain()) for s in sessions]
+        await asyncio.wait(tasks, timeout=seconds)
+        for task in tasks:
+            task.cancel()
 
 
 def _secret(value: object) -> str | None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import socket
 from collections.abc import AsyncIterator
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -36,6 +38,11 @@ def _frontend_modules() -> list[object]:
 
 
 def create_app(settings: Settings | None = None) -> ASGIApp:
+    return build_app(settings)[0]
+
+
+def build_app(settings: Settings | None = None) -> tuple[ASGIApp, Gateway]:
+    """The ASGI app and the gateway state behind it (which `GatewayServer` drains)."""
     settings = settings or load_settings()
     gateway = build_gateway(settings)
     modules = _frontend_modules()
@@ -72,7 +79,23 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         mount = getattr(module, "mount", None)
         if mount is not None:
             app = mount(app, gateway)
-    return app
+    return app, gateway
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn, draining the gateway before it closes connections on shutdown: it stops
+    accepting, lets open sessions deliver their finals (`Gateway.drain`, bounded by
+    ``drain_seconds``), and only then lets uvicorn close what is left with 1012."""
+
+    def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
+        super().__init__(config)
+        self.gateway = gateway
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()  # no new connections while draining
+        await self.gateway.drain(self.gateway.settings.drain_seconds)
+        await super().shutdown(sockets)
 
 
 async def startup(gateway: Gateway) -> None:

@@ -155,6 +155,7 @@ class Session:
         self._partial_ids: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._closed_event = asyncio.Event()
         self._done = False
         self._input_closed = False
         self._finalize_pending = 0
@@ -217,6 +218,13 @@ class Session:
         async with self._lock:
             if self._upstream is not None:
                 await self._call(self._upstream.stream.close_stream())
+
+    async def drain(self) -> None:
+        """Server shutdown: the provider's finals for the audio received, then close 1012;
+        returns once the session is closed (its front-end has delivered everything)."""
+        if not self._done and not self._input_closed:  # else it is ending already
+            await self._finalize_then_fail(GatewayError(1012, "server restarting; reconnect"))
+        await self._closed_event.wait()
 
     def touch(self) -> None:
         """Reset the idle timer (audio and keepalive)."""
@@ -282,6 +290,7 @@ class Session:
         finally:
             await self.admission.release()
             self.gateway.metrics.session_closed(self)
+            self._closed_event.set()
 
     # ---- internals ----------------------------------------------------------------------------
 

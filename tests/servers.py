@@ -111,22 +111,23 @@ class Gateway:
 
 @contextlib.contextmanager
 def running_gateway(**overrides: Any) -> Iterator[Gateway]:
-    """Serve `app.main.create_app(settings)` with uvicorn on a free loopback port.
+    """Serve `app.main.build_app(settings)` with the gateway's uvicorn server on a free port.
 
     Keyword arguments override settings (e.g. ``idle_timeout=1.0``, ``redis_url=...``).
     """
     import uvicorn
 
-    from app.main import create_app
+    from app.main import GatewayServer, build_app
     from config import load_settings
 
     port = free_port()
     dev_key = str(overrides.pop("dev_key", "sg_test_" + os.urandom(8).hex()))
     settings = load_settings(host="127.0.0.1", port=port, dev_key=dev_key, **overrides)
-    app = create_app(settings)
+    app, state = build_app(settings)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            ws_max_size=settings.max_frame_bytes, lifespan="on")
-    server = uvicorn.Server(config)
+                            ws_max_size=settings.max_frame_bytes, lifespan="on",
+                            timeout_graceful_shutdown=int(settings.drain_seconds))
+    server = GatewayServer(config, state)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
     thread.start()
     try:
