@@ -13,6 +13,10 @@ session time.
 Errors: nothing but a `ProviderError` subclass may escape an adapter. `SttStream` wraps the
 provider's own code in `_guard` so a stray transport or SDK exception becomes a
 `ProviderProtocolError` rather than a crash.
+
+The option types (``adapters/options.py``) and the error tree (``adapters/errors.py``) live in
+their own modules and are re-exported here: a provider module imports the contract from
+``adapters.base`` alone.
 """
 
 from __future__ import annotations
@@ -24,13 +28,29 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, TypeVar
+
+from adapters.errors import ModelNotFound as ModelNotFound
+from adapters.errors import ProviderAuthError as ProviderAuthError
+from adapters.errors import ProviderBadRequest as ProviderBadRequest
+from adapters.errors import ProviderError as ProviderError
+from adapters.errors import ProviderNotConfigured as ProviderNotConfigured
+from adapters.errors import ProviderProtocolError as ProviderProtocolError
+from adapters.errors import ProviderRateLimited as ProviderRateLimited
+from adapters.errors import ProviderTimeout as ProviderTimeout
+from adapters.errors import ProviderUnavailable as ProviderUnavailable
+from adapters.errors import map_transport_exception as map_transport_exception
+from adapters.options import CANONICAL_SAMPLE_RATE as CANONICAL_SAMPLE_RATE
+from adapters.options import Capabilities as Capabilities
+from adapters.options import ModelInfo as ModelInfo
+from adapters.options import OptionStatus as OptionStatus
+from adapters.options import StreamOptions as StreamOptions
+from adapters.options import check_options as check_options
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-CANONICAL_SAMPLE_RATE = 16_000
 BYTES_PER_SAMPLE = 2
 
 
@@ -95,222 +115,6 @@ class ProviderWarning:
 
 StreamEvent = (SpeechStarted | Transcript | UtteranceEnd | Finalized | ProviderUsage
                | ProviderWarning)
-
-
-# --------------------------------------------------------------------------- capabilities
-
-OptionStatus = Literal["applied", "ignored", "downgraded"]
-
-
-@dataclass(frozen=True, slots=True)
-class Capabilities:
-    """What a model can honour; checked before connecting (see `check_options`)."""
-
-    streaming: bool = True  # native streaming (False: segmented batch, e.g. Groq)
-    interim_results: bool = True
-    word_timestamps: bool = True
-    diarization: bool = False
-    custom_vocabulary: bool = False
-    language_detection: bool = False
-    initial_prompt: bool = False
-    temperature: bool = False
-    punctuation: bool = True
-    # ISO 639-1 codes; empty = any language the provider takes.
-    languages: tuple[str, ...] = ()
-    # The PCM rate the adapter wants; the session core resamples to it.
-    input_sample_rate: int = CANONICAL_SAMPLE_RATE
-
-
-@dataclass(frozen=True, slots=True)
-class ModelInfo:
-    """One entry of the ``GET /v1/models`` catalogue."""
-
-    id: str  # "provider.model"
-    provider: str
-    model: str
-    display_name: str
-    capabilities: Capabilities
-    available: bool = True
-    unavailable_reason: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        caps = self.capabilities
-        return {
-            "id": self.id,
-            "provider": self.provider,
-            "display_name": self.display_name,
-            "streamable": caps.streaming,
-            "available": self.available,
-            "unavailable_reason": self.unavailable_reason,
-            "languages": list(caps.languages) or ["*"],
-            "diarization": caps.diarization,
-            "custom_vocabulary": caps.custom_vocabulary,
-            "word_timestamps": caps.word_timestamps,
-            "language_detection": caps.language_detection,
-            "interim_results": caps.interim_results,
-            "sample_rates": [8000, 16000, 22050, 24000, 32000, 44100, 48000],
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class StreamOptions:
-    """Normalized session options (shared/API.md §1.2), after `check_options`."""
-
-    language: str = "en"  # ISO 639-1 or "auto"
-    punctuation: bool = True
-    diarization: bool = False
-    speakers_expected: int | None = None
-    temperature: float | None = None
-    initial_prompt: str | None = None
-    custom_vocabulary: tuple[str, ...] = ()
-    interim_results: bool = True
-    sample_rate: int = CANONICAL_SAMPLE_RATE  # rate of the PCM handed to send_audio
-
-
-def check_options(
-    caps: Capabilities, options: StreamOptions
-) -> tuple[StreamOptions, dict[str, OptionStatus], list[str]]:
-    """Match requested options against a model's capabilities.
-
-    Returns the options the adapter should use, a status per option the client set, and
-    human-readable warnings for everything not applied as asked. Nothing is dropped silently.
-    """
-    status: dict[str, OptionStatus] = {}
-    warnings: list[str] = []
-    opts = options
-
-    def unsupported(name: str, why: str, kind: OptionStatus = "ignored") -> None:
-        status[name] = kind
-        warnings.append(f"{name} {kind}: {why}")
-
-    if options.language == "auto":
-        if caps.language_detection:
-            status["language"] = "applied"
-        else:
-            fallback = caps.languages[0] if caps.languages else "en"
-            opts = _replace(opts, language=fallback)
-            unsupported("language", f"model has no language detection; using {fallback!r}",
-                        "downgraded")
-    elif caps.languages and options.language not in caps.languages:
-        # A model that cannot take the language is a client error, raised by the caller.
-        status["language"] = "ignored"
-        warnings.append(f"language {options.language!r} not offered by this model")
-    else:
-        status["language"] = "applied"
-
-    if options.diarization:
-        if caps.diarization:
-            status["diarization"] = "applied"
-            if options.speakers_expected is not None:
-                status["speakers_expected"] = "applied"
-        else:
-            opts = _replace(opts, diarization=False, speakers_expected=None)
-            unsupported("diarization", "model has no speaker labels")
-            if options.speakers_expected is not None:
-                unsupported("speakers_expected", "needs diarization")
-    elif options.speakers_expected is not None:
-        opts = _replace(opts, speakers_expected=None)
-        unsupported("speakers_expected", "only used with diarization=true")
-
-    if options.custom_vocabulary:
-        if caps.custom_vocabulary:
-            status["custom_vocabulary"] = "applied"
-        elif caps.initial_prompt:
-            status["custom_vocabulary"] = "downgraded"
-            warnings.append("custom_vocabulary downgraded: passed to the model as a prompt")
-        else:
-            opts = _replace(opts, custom_vocabulary=())
-            unsupported("custom_vocabulary", "model takes no vocabulary")
-    if options.initial_prompt is not None:
-        if caps.initial_prompt:
-            status["initial_prompt"] = "applied"
-        else:
-            opts = _replace(opts, initial_prompt=None)
-            unsupported("initial_prompt", "model takes no prompt")
-    if options.temperature is not None:
-        if caps.temperature:
-            status["temperature"] = "applied"
-        else:
-            opts = _replace(opts, temperature=None)
-            unsupported("temperature", "model takes no temperature")
-    if not options.punctuation:
-        if caps.punctuation:
-            status["punctuation"] = "applied"
-        else:
-            unsupported("punctuation", "model always punctuates")
-    if options.interim_results:
-        if caps.interim_results:
-            status["interim_results"] = "applied"
-        else:
-            opts = _replace(opts, interim_results=False)
-            unsupported("interim_results", "model returns finals only")
-    return opts, status, warnings
-
-
-def _replace(options: StreamOptions, **changes: Any) -> StreamOptions:
-    import dataclasses
-
-    return dataclasses.replace(options, **changes)
-
-
-# ------------------------------------------------------------------------------- errors
-
-
-class ProviderError(Exception):
-    """Base of every error an adapter raises. Mapped to a close code in ``app/errors.py``."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        provider: str = "",
-        code: str | int | None = None,
-        retryable: bool = False,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.provider = provider
-        self.code = code
-        self.retryable = retryable
-        self.retry_after = retry_after
-
-    def __str__(self) -> str:
-        where = f"{self.provider} " if self.provider else ""
-        code = f" [{self.code}]" if self.code is not None else ""
-        return f"{where}{self.message}{code}"
-
-
-class ModelNotFound(ProviderError):
-    """The provider or model does not exist (4404)."""
-
-
-class ProviderNotConfigured(ProviderError):
-    """No credentials or model files for this provider on this gateway (4503)."""
-
-
-class ProviderUnavailable(ProviderError):
-    """Upstream unreachable or overloaded (4503); usually retryable."""
-
-
-class ProviderAuthError(ProviderError):
-    """Upstream rejected the gateway's credentials (4502)."""
-
-
-class ProviderRateLimited(ProviderError):
-    """Upstream said 429 / too many sessions (4429)."""
-
-
-class ProviderTimeout(ProviderError):
-    """Upstream did not answer within a bounded wait (4504)."""
-
-
-class ProviderProtocolError(ProviderError):
-    """Upstream failed, closed with an error, or sent something we cannot use (4502)."""
-
-
-class ProviderBadRequest(ProviderError):
-    """Upstream rejected a parameter the client chose (4400)."""
 
 
 # ------------------------------------------------------------------------------- streams
@@ -501,24 +305,6 @@ class SttStream(ABC):
     def _map_exception(self, exc: Exception) -> ProviderError:
         """Turn a transport/SDK exception into a `ProviderError`. Providers may refine this."""
         return map_transport_exception(exc, self.provider)
-
-
-def map_transport_exception(exc: BaseException, provider: str) -> ProviderError:
-    """Map common transport exceptions (websockets, httpx, OS, timeouts) to the error tree."""
-    name = type(exc).__name__
-    module = type(exc).__module__
-    if isinstance(exc, TimeoutError):
-        return ProviderTimeout(f"timed out ({name})", provider=provider, retryable=True)
-    if isinstance(exc, ConnectionRefusedError | ConnectionResetError | OSError):
-        return ProviderUnavailable(f"cannot reach upstream: {exc}", provider=provider,
-                                   retryable=True)
-    if module.startswith("httpx"):
-        if "Timeout" in name:
-            return ProviderTimeout(f"timed out ({name})", provider=provider, retryable=True)
-        if "Connect" in name:
-            return ProviderUnavailable(f"cannot reach upstream: {exc}", provider=provider,
-                                       retryable=True)
-    return ProviderProtocolError(f"{name}: {exc}", provider=provider, retryable=True)
 
 
 # ------------------------------------------------------------------------------ adapters
