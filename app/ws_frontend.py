@@ -120,9 +120,10 @@ class WebSocketFrontends:
     """The ASGI layer in front of Starlette that serves the WebSocket front-ends.
 
     A front-end's connection gets uvicorn's own ``receive``/``send``: through Starlette's
-    router every message would also pass two exception-handling send wrappers, a measurable
-    share of the relay path's CPU at hundreds of streams (bench/bench_relay.py). Everything
-    else (HTTP, unknown paths) goes to `app`.
+    router every message would also pass two exception-handling send wrappers, which a
+    front-end does not need (`WebSocketFrontend.serve` turns every failure into a close).
+    A module registers its endpoints as ``frontends = {path: WebSocketFrontend subclass}``.
+    Everything else (HTTP, other paths) goes to `app`.
     """
 
     def __init__(self, app: ASGIApp, gateway: Gateway,
