@@ -47,7 +47,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
                             log_level=settings.log_level, ws_max_size=settings.max_frame_bytes,
                             timeout_graceful_shutdown=int(settings.drain_seconds))
-    GatewayServer(config, gateway).run()
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after shutdown
+        GatewayServer(config, gateway).run()
     return 0
 
 
