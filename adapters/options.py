@@ -133,29 +133,27 @@ def check_options(
         else:
             opts = _replace(opts, custom_vocabulary=())
             unsupported("custom_vocabulary", "model takes no vocabulary")
-    if options.initial_prompt is not None:
-        if caps.initial_prompt:
-            status["initial_prompt"] = "applied"
-        else:
-            opts = _replace(opts, initial_prompt=None)
-            unsupported("initial_prompt", "model takes no prompt")
-    if options.temperature is not None:
-        if caps.temperature:
-            status["temperature"] = "applied"
-        else:
-            opts = _replace(opts, temperature=None)
-            unsupported("temperature", "model takes no temperature")
     if not options.punctuation:
         if caps.punctuation:
             status["punctuation"] = "applied"
         else:
             unsupported("punctuation", "model always punctuates")
-    if options.interim_results:
-        if caps.interim_results:
-            status["interim_results"] = "applied"
+    # Options a model either honours or drops: (name, asked for, supported, dropped value, why).
+    for name, asked, supported, dropped, why in (
+        ("initial_prompt", options.initial_prompt is not None, caps.initial_prompt, None,
+         "model takes no prompt"),
+        ("temperature", options.temperature is not None, caps.temperature, None,
+         "model takes no temperature"),
+        ("interim_results", options.interim_results, caps.interim_results, False,
+         "model returns finals only"),
+    ):
+        if not asked:
+            continue
+        if supported:
+            status[name] = "applied"
         else:
-            opts = _replace(opts, interim_results=False)
-            unsupported("interim_results", "model returns finals only")
+            opts = _replace(opts, **{name: dropped})
+            unsupported(name, why)
     return opts, status, warnings
 
 
