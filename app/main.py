@@ -37,10 +37,6 @@ def _frontend_modules() -> list[object]:
     return modules
 
 
-def create_app(settings: Settings | None = None) -> ASGIApp:
-    return build_app(settings)[0]
-
-
 def build_app(settings: Settings | None = None) -> tuple[ASGIApp, Gateway]:
     """The ASGI app and the gateway state behind it (which `GatewayServer` drains)."""
     settings = settings or load_settings()
