@@ -1,7 +1,7 @@
 """Streaming over a batch transcription API (Groq, OpenAI ``whisper-1``).
 
 These providers have no streaming endpoint: the stream cuts the audio at voice-activity
-boundaries with the local engine's VAD (`adapters.vad.VoiceActivitySegmenter`) and POSTs each
+boundaries with the local engine's VAD (`adapters.local.vad.VoiceActivitySegmenter`) and POSTs each
 utterance as a WAV file to the OpenAI-compatible ``/audio/transcriptions`` endpoint
 (``verbose_json`` with word timestamps), one final per utterance
 (https://console.groq.com/docs/speech-to-text,
@@ -40,7 +40,7 @@ from adapters.base import (
     Word,
     map_transport_exception,
 )
-from adapters.vad import SpeechEnd, SpeechStart, Utterance, VoiceActivitySegmenter
+from adapters.local.vad import SpeechEnd, SpeechStart, Utterance, VoiceActivitySegmenter
 
 # verbose_json names the language in English ("english"); we speak ISO 639-1.
 LANGUAGE_NAMES = {"english": "en", "spanish": "es", "french": "fr", "german": "de",

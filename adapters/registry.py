@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 # provider name -> "module:Class"
 PROVIDERS: dict[str, str] = {
-    "local": "adapters.local:LocalAdapter",
+    "local": "adapters.local.adapter:LocalAdapter",
     "deepgram": "adapters.deepgram:DeepgramAdapter",
     "assemblyai": "adapters.assemblyai:AssemblyAIAdapter",
     "openai": "adapters.openai:OpenAIAdapter",

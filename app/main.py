@@ -14,16 +14,18 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
-from app import routes, ws_native
-from app.batch import transcribe_file
+from app import routes
+from app.frontends import native as ws_native
+from app.frontends.base import WebSocketFrontends
+from app.frontends.batch import transcribe_file
 from app.gateway import Gateway, build_gateway
-from app.ws_frontend import WebSocketFrontends
 from config import Settings, load_settings
 
 logger = logging.getLogger(__name__)
 
 # Optional front-end modules: each exports `routes` (and may export `mount(app, gateway)`).
-FRONTENDS = ("app.routes_admin", "app.ws_xrx", "app.ws_prosa", "app.socketio_frontend")
+FRONTENDS = ("app.frontends.admin", "app.frontends.xrx", "app.frontends.prosa",
+             "app.frontends.socketio")
 
 
 def _frontend_modules() -> list[object]:

@@ -63,7 +63,7 @@ def speech_spans(audio: np.ndarray) -> list[Speech]:
 def offline_wer(audio: np.ndarray, text: str) -> float:
     from faster_whisper import WhisperModel
 
-    from adapters.local_models import bundled_model_dir
+    from adapters.local.models import bundled_model_dir
 
     model = WhisperModel(str(bundled_model_dir()), device="cpu", compute_type="int8",
                          cpu_threads=2)

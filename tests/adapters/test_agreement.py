@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from adapters.agreement import LocalAgreement, common_prefix, normalize_word
+from adapters.local.agreement import LocalAgreement, common_prefix, normalize_word
 
 
 def test_normalize_ignores_case_and_punctuation() -> None:

@@ -61,7 +61,7 @@ class Subject:
 @contextlib.asynccontextmanager
 async def subject(provider: str) -> AsyncIterator[Subject]:
     if provider == "local":
-        from adapters.local import LocalAdapter
+        from adapters.local.adapter import LocalAdapter
 
         local = LocalAdapter(AdapterContext())
         try:

@@ -25,8 +25,8 @@ from adapters.base import (
     Transcript,
     UtteranceEnd,
 )
-from adapters.local import LocalAdapter
-from adapters.local_stream import MAX_PENDING_FINALS, LocalStream
+from adapters.local.adapter import LocalAdapter
+from adapters.local.stream import MAX_PENDING_FINALS, LocalStream
 from tests.speech import BECKETT_TEXT, TWO_CITIES_TEXT, normalize, pcm, wer
 
 RATE = 16_000
@@ -148,7 +148,7 @@ async def test_partials_come_before_their_final_and_share_its_segment_id(beckett
 
 async def test_agreed_prefix_never_changes(adapter: LocalAdapter,
                                            caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="adapters.local_stream")
+    caplog.set_level(logging.DEBUG, logger="adapters.local.stream")
     data = pcm("two_cities.wav")[: 42 * RATE * 2]
     run = await run_stream(adapter, chunks(data, [16000]), lockstep=True)
     agreed: dict[str, list[tuple[str, ...]]] = {}
@@ -232,7 +232,7 @@ async def test_send_audio_applies_backpressure(adapter: LocalAdapter) -> None:
 
 async def test_final_decoded_during_the_pause_is_used(adapter: LocalAdapter,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from adapters import local_stream
+    from adapters.local import stream as local_stream
 
     calls: list[float] = []
     real = local_stream.decode_final
@@ -263,8 +263,8 @@ async def test_concurrent_streams_share_one_model(adapter: LocalAdapter) -> None
 
 async def test_a_failing_decode_ends_the_stream_with_a_provider_error(
         adapter: LocalAdapter, monkeypatch: pytest.MonkeyPatch) -> None:
-    from adapters import local_stream
     from adapters.base import ProviderError
+    from adapters.local import stream as local_stream
 
     def broken(*args: object, **kwargs: object) -> Transcript:
         raise RuntimeError("CTranslate2 ran out of memory")

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from adapters import local_models
 from adapters.base import (
     AdapterContext,
     ModelNotFound,
@@ -15,8 +14,9 @@ from adapters.base import (
     StreamOptions,
     check_options,
 )
-from adapters.local import LocalAdapter
-from adapters.local_models import FINAL, PARTIAL, DecodeScheduler, bundled_model_dir
+from adapters.local import models as local_models
+from adapters.local.adapter import LocalAdapter
+from adapters.local.models import FINAL, PARTIAL, DecodeScheduler, bundled_model_dir
 from adapters.registry import Registry
 
 
@@ -159,7 +159,7 @@ async def test_later_partials_leave_a_slot_for_finals() -> None:
 
 
 def test_decode_settings_follow_the_options() -> None:
-    from adapters.local_decode import DecodeSettings
+    from adapters.local.decode import DecodeSettings
 
     auto = DecodeSettings.from_options(StreamOptions(
         language="auto", custom_vocabulary=("Beckett", "Dickens"), temperature=0.3))
@@ -172,7 +172,7 @@ def test_decode_settings_follow_the_options() -> None:
 
 
 def test_final_effort_drops_as_finals_pile_up() -> None:
-    from adapters.local_decode import EFFORT_BACKLOG, EFFORT_BUSY, EFFORT_IDLE, final_effort
+    from adapters.local.decode import EFFORT_BACKLOG, EFFORT_BUSY, EFFORT_IDLE, final_effort
 
     assert final_effort(0) == EFFORT_IDLE and EFFORT_IDLE.beam_size == 5
     assert final_effort(1) == EFFORT_BUSY

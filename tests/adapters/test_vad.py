@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from faster_whisper.vad import get_vad_model
 
-from adapters.vad import (
+from adapters.local.vad import (
     SAMPLE_RATE,
     WINDOW,
     SileroVad,

@@ -12,7 +12,7 @@ import pytest
 
 from app.audio import wav_bytes
 from app.errors import GatewayError
-from app.stream_decode import StreamDecoder, parse_wav_header, sniff
+from app.frontends.prosa_decode import StreamDecoder, parse_wav_header, sniff
 from tests.frontends.conftest import encode
 from tests.speech import pcm
 

@@ -15,7 +15,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from app.errors import GatewayError
-from app.ws_xrx import provider_model
+from app.frontends.xrx import provider_model
 from tests.frontends.conftest import ADMIN_TOKEN, ANONYMOUS_KEY_ID
 from tests.servers import Gateway, running_gateway
 from tests.speech import BECKETT_TEXT, pcm, wer

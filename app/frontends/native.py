@@ -12,11 +12,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from app.credentials import key_from_request
 from app.errors import GatewayError
+from app.frontends.base import WebSocketFrontend
+from app.frontends.wire import WireFormatter
 from app.gateway import Gateway
 from app.params import OUTPUT_FORMATS, parse_session_params
 from app.session import Session, SessionEnded, SessionError, SessionEvent
-from app.wire import WireFormatter
-from app.ws_frontend import WebSocketFrontend
 
 logger = logging.getLogger(__name__)
 

@@ -32,10 +32,10 @@ from starlette.websockets import WebSocketDisconnect
 from adapters import base as ab
 from app.credentials import key_from_request
 from app.errors import GatewayError
+from app.frontends.base import WebSocketFrontend
+from app.frontends.prosa_decode import StreamDecoder
 from app.params import SessionRequest, parse_session_params
 from app.session import Session, SessionCreated, SessionEnded, SessionError
-from app.stream_decode import StreamDecoder
-from app.ws_frontend import WebSocketFrontend
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from adapters.base import StreamOptions, Transcript, Word
-from adapters.local_models import FINAL_ENCODER_FRAMES, PARTIAL_ENCODER_FRAMES
-from adapters.vad import SAMPLE_RATE
+from adapters.local.models import FINAL_ENCODER_FRAMES, PARTIAL_ENCODER_FRAMES
+from adapters.local.vad import SAMPLE_RATE
 
 PARTIAL_BEAM = 1
 FINAL_BEAM = 5

@@ -4,10 +4,10 @@
 when their weights are here); `LocalStream` turns a live 16 kHz stream into partials and
 finals:
 
-* Silero VAD (`adapters.vad`) finds speech; each utterance ends at ~400 ms of silence, at
+* Silero VAD (`adapters.local.vad`) finds speech; each utterance ends at ~400 ms of silence, at
   20 s (cut at its quietest point), on `finalize`, or on `close_stream`.
 * While an utterance is open it is re-decoded about every 0.5 s of new audio (greedy, no
-  timestamps); `adapters.agreement` keeps the start of the partial text from jittering.
+  timestamps); `adapters.local.agreement` keeps the start of the partial text from jittering.
 * At its end it is decoded once more with word timestamps into the final, which shares the
   partials' ``segment_id``. That decode starts speculatively as soon as the speaker has
   paused for the padding (200 ms) and a slot is free, so VAD's 400-ms confirmation and the
@@ -15,7 +15,7 @@ finals:
 
 One model instance per process is shared by every stream; decodes run in a bounded thread
 pool (``decode_workers``) and never on the event loop. Scheduling for latency under load
-(`adapters.local_models.DecodeScheduler`): each stream has at most one decode in flight;
+(`adapters.local.models.DecodeScheduler`): each stream has at most one decode in flight;
 finals go first, then first partials; later partials run only on a spare slot while no final
 is waiting, and merge into one when skipped; finals decode with less effort (narrower beam,
 shorter encoder window) when other finals are queued. `send_audio` awaits (backpressure)
@@ -23,7 +23,7 @@ when more than a few finals are waiting.
 
 Whisper's encoder normally sees 30 s of (padded) audio per decode; we give it the utterance
 plus a margin, at least 10 s for partials and 15 s for finals
-(`adapters.local_models._TrimmedWhisperModel`): a short utterance decodes several times faster.
+(`adapters.local.models._TrimmedWhisperModel`): a short utterance decodes several times faster.
 
 Settings (``AdapterContext.extra``): ``model_dir``, ``compute_type`` ("int8"),
 ``cpu_threads`` (1), ``decode_workers`` (2), ``download`` (False).
@@ -47,7 +47,7 @@ from adapters.base import (
     ProviderUnavailable,
     StreamOptions,
 )
-from adapters.local_models import (
+from adapters.local.models import (
     ENGLISH_ONLY,
     FINAL,
     MODELS,
@@ -58,8 +58,8 @@ from adapters.local_models import (
     locate_weights,
     shared_model,
 )
-from adapters.local_stream import MAX_PENDING_FINALS, LocalStream
-from adapters.vad import (
+from adapters.local.stream import MAX_PENDING_FINALS, LocalStream
+from adapters.local.vad import (
     SAMPLE_RATE,
     VoiceActivitySegmenter,
 )

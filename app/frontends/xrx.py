@@ -30,10 +30,10 @@ from starlette.websockets import WebSocket
 from adapters import base as ab
 from app.credentials import key_from_request
 from app.errors import GatewayError, to_gateway_error
+from app.frontends.base import WebSocketFrontend
 from app.gateway import Gateway
 from app.params import parse_session_params
 from app.session import Session, SessionEnded, SessionError
-from app.ws_frontend import WebSocketFrontend
 from auth.base import Principal
 
 logger = logging.getLogger(__name__)

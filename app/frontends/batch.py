@@ -13,10 +13,10 @@ from adapters import base as ab
 from app.audio import decode_audio
 from app.credentials import key_from_request
 from app.errors import GatewayError, to_gateway_error
+from app.frontends.wire import word_json
 from app.gateway import Gateway
 from app.params import SessionRequest, parse_session_params
 from app.session import SessionCreated, SessionError, open_session
-from app.wire import word_json
 
 MAX_BODY_BYTES = 200 * 1024 * 1024
 FEED_BYTES = 32_000  # 1 s of 16 kHz PCM per send

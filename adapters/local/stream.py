@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from adapters.agreement import LocalAgreement
 from adapters.base import (
     Finalized,
     SpeechStarted,
@@ -29,14 +28,15 @@ from adapters.base import (
     Transcript,
     UtteranceEnd,
 )
-from adapters.local_decode import (
+from adapters.local.agreement import LocalAgreement
+from adapters.local.decode import (
     DecodeSettings,
     decode_final,
     decode_partial,
     final_effort,
 )
-from adapters.local_models import FINAL, FIRST_PARTIAL, Ticket
-from adapters.vad import (
+from adapters.local.models import FINAL, FIRST_PARTIAL, Ticket
+from adapters.local.vad import (
     SAMPLE_RATE,
     SpeechEnd,
     SpeechStart,
@@ -46,7 +46,7 @@ from adapters.vad import (
 )
 
 if TYPE_CHECKING:
-    from adapters.local import LocalAdapter
+    from adapters.local.adapter import LocalAdapter
 
 logger = logging.getLogger(__name__)
 

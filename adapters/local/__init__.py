@@ -1,0 +1,1 @@
+"""The built-in local Whisper engine (faster-whisper / CTranslate2): adapter, engine, VAD."""

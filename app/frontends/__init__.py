@@ -1,0 +1,1 @@
+"""The front-ends: each translates one wire protocol to the session core (``app.session``)."""
