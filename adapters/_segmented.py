@@ -23,13 +23,13 @@ from typing import Any
 import httpx
 import numpy as np
 
-from adapters._ws import http_status_error, parse_retry_after
 from adapters.base import (
     CANONICAL_SAMPLE_RATE,
     AdapterContext,
     Finalized,
     ProviderError,
     ProviderProtocolError,
+    ProviderTimeout,
     ProviderUsage,
     SpeechStarted,
     StreamEvent,
@@ -38,7 +38,11 @@ from adapters.base import (
     Transcript,
     UtteranceEnd,
     Word,
+    http_status_error,
     map_transport_exception,
+    parse_retry_after,
+    provider_message,
+    put_while_alive,
 )
 from adapters.local.vad import SpeechEnd, SpeechStart, Utterance, VoiceActivitySegmenter
 
@@ -122,6 +126,8 @@ class SegmentedStream(SttStream):
         self._index = 0
         self._rate = options.sample_rate
         self._usage = 0.0  # seconds the provider says it transcribed (verbose_json duration)
+        self._worker: asyncio.Task[None] | None = None
+        self._error: Exception | None = None
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.context.api_key}"}
@@ -134,18 +140,32 @@ class SegmentedStream(SttStream):
         # first utterance.
         response = await self._request("GET", "/models", self.context.connect_timeout)
         self._check(response)
-        self._spawn(self._worker(), "uploader")
+        self._worker = self._spawn(self._work(), "uploader")
+
+    def _fail(self, error: Exception) -> None:
+        if not self._ended:
+            self._error = self._error or error
+        super()._fail(error)
+
+    async def _put(self, job: _Job | StreamEvent | None) -> None:
+        """Queue for the uploader; waits while it is busy, fails at once if it has died (a
+        failed, stalled-out or dropped upload), so no caller ever waits on a dead worker."""
+        if self._worker is None or not await put_while_alive(self._jobs, job, self._worker):
+            raise self._error or ProviderProtocolError("the stream has ended",
+                                                       provider=self.provider)
 
     async def _send_audio(self, pcm: bytes) -> None:
+        if self._ended:
+            await self._put(None)  # raises the error that ended the stream
         await self._queue_events(self._vad.feed(pcm))
 
     async def _finalize(self) -> None:
         await self._queue_events(self._vad.cut())
-        await self._jobs.put(Finalized())
+        await self._put(Finalized())
 
     async def _close_stream(self) -> None:
         await self._queue_events(self._vad.flush())
-        await self._jobs.put(None)
+        await self._put(None)
 
     async def _shutdown(self) -> None:
         """The uploader task is cancelled by `aclose`; the HTTP pool belongs to the adapter."""
@@ -158,17 +178,17 @@ class SegmentedStream(SttStream):
             if isinstance(event, SpeechStart):
                 await self._emit(SpeechStarted(event.sample / CANONICAL_SAMPLE_RATE))
             elif isinstance(event, Utterance):
-                await self._jobs.put(_Job(event.start / CANONICAL_SAMPLE_RATE, event.audio))
+                await self._put(_Job(event.start / CANONICAL_SAMPLE_RATE, event.audio))
             elif isinstance(event, SpeechEnd):
                 speech_end = UtteranceEnd(event.sample / CANONICAL_SAMPLE_RATE)
                 continue
             if speech_end is not None:
-                await self._jobs.put(speech_end)
+                await self._put(speech_end)
                 speech_end = None
         if speech_end is not None:
-            await self._jobs.put(speech_end)
+            await self._put(speech_end)
 
-    async def _worker(self) -> None:
+    async def _work(self) -> None:
         while True:
             job = await self._jobs.get()
             if job is None:
@@ -205,11 +225,20 @@ class SegmentedStream(SttStream):
 
     async def _request(self, method: str, path: str, budget: float,
                        **kw: Any) -> httpx.Response:
+        """One request, bounded as a whole by `budget` s (httpx bounds each phase only)."""
         try:
-            return await self._http.request(method, self._base + path, headers=self._headers(),
-                                            timeout=httpx.Timeout(budget), **kw)
+            async with asyncio.timeout(budget):
+                return await self._http.request(method, self._base + path,
+                                                headers=self._headers(),
+                                                timeout=httpx.Timeout(budget), **kw)
+        except TimeoutError as exc:
+            raise ProviderTimeout(f"no answer to {method} {path} within {budget:g} s",
+                                  provider=self.provider, retryable=True) from exc
         except httpx.HTTPError as exc:
-            raise map_transport_exception(exc, self.provider) from exc
+            mapped = map_transport_exception(exc, self.provider)
+            if mapped is None:
+                raise
+            raise mapped from exc
 
     def _check(self, response: httpx.Response) -> None:
         if response.is_success:
@@ -217,12 +246,7 @@ class SegmentedStream(SttStream):
         raise self._status_error(response)
 
     def _status_error(self, response: httpx.Response) -> ProviderError:
-        detail = response.text
-        try:
-            error = response.json().get("error") or {}
-            detail = str(error.get("message") or detail)
-        except (ValueError, AttributeError):
-            pass
-        return http_status_error(self.provider, response.status_code, detail,
+        return http_status_error(self.provider, response.status_code,
+                                 provider_message(response.text),
                                  retry_after=parse_retry_after(
                                      response.headers.get("retry-after")))

@@ -1,78 +1,84 @@
 """Shared plumbing for the WebSocket provider adapters (Deepgram, AssemblyAI, OpenAI, Gladia).
 
 `WebSocketStream` owns what every streaming provider needs on top of `SttStream`: a bounded
-connect, one reader task, JSON sending, a bounded end-of-stream flush, a bounded finalize and
-the mapping of handshake statuses and close frames to the `ProviderError` tree. A provider
-subclass implements only its protocol: `_url`/`_headers`, `_on_message`, `_close_error` and
-its audio/finalize/close messages.
+connect, one reader task, JSON sending, the mapping of handshake statuses and close frames to
+the `ProviderError` tree, and one watchdog that bounds every wait by *progress*, not by a clock:
+
+- while audio flows, a provider that answers nothing at all (no message, no pong to our pings)
+  for its stall window (`stall_window`, or ``AdapterContext.stall_timeout``) is declared
+  stalled: `ProviderTimeout` (retryable), within a second of the window;
+- after the end-of-stream message, the wait lasts as long as the provider keeps answering; it
+  fails with `ProviderTimeout` only after ``flush_timeout`` seconds without a message;
+- a message we cannot parse or use is logged (truncated, secrets redacted) and skipped; only
+  `GARBAGE_IN_A_ROW` in a row or `GARBAGE_TOTAL` in all end the stream;
+- every exit (`aclose`, a failure) sends the provider's end-of-stream message if it was not
+  sent yet (bounded), then closes the socket.
+
+A provider subclass implements only its protocol: `_on_message`, `_close_error`,
+`_end_of_stream` and its audio/finalize/close messages.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
+import re
 from abc import abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.protocol import State
 
 from adapters.base import (
     AdapterContext,
     Finalized,
-    ProviderAuthError,
-    ProviderBadRequest,
+    ProviderConnectionLost,
     ProviderError,
     ProviderProtocolError,
-    ProviderRateLimited,
     ProviderTimeout,
     ProviderUnavailable,
     ProviderWarning,
+    StreamEvent,
     StreamOptions,
     SttStream,
     map_transport_exception,
 )
+from adapters.errors import http_status_error, parse_retry_after, provider_message
+
+__all__ = ["WebSocketStream", "http_status_error", "open_websocket", "parse_retry_after"]
 
 logger = logging.getLogger(__name__)
 
 # Seconds given to the closing handshake before the TCP connection is dropped.
 CLOSE_TIMEOUT = 2.0
-# Quiet time after a final that answers a finalize, for providers that do not mark it.
-FINALIZE_QUIET = 0.25
+# Seconds given to sending the end-of-stream message on an early exit.
+EOS_TIMEOUT = 1.0
+# Default stall window (s) of a streaming provider; providers may set their own.
+STALL_WINDOW = 10.0
+# Unusable upstream messages tolerated (logged and skipped) before the stream fails.
+GARBAGE_IN_A_ROW = 5
+GARBAGE_TOTAL = 10
+# Characters of an unusable message that go to the log.
+GARBAGE_LOG_CHARS = 200
+# Finalize without an acknowledgement (AssemblyAI, Gladia): a final whose end lies within
+# this many seconds before the finalize point is the one the finalize forced (a recognizer
+# reports a word once it is over, so the forced turn ends within about a word of that point).
+FORCED_FINAL_SLACK = 0.8
+# ... and when no turn is open and no such final comes, the provider has had all the audio
+# before the finalize point for this long without a word about it: nothing more to finalize.
+FINALIZE_SETTLE = 1.0
+
+_SECRETS = re.compile(r"(?i)((?:token|key|secret|authorization|bearer)[\"'=:\s]+)[\w.~+/-]{6,}")
 
 
-def http_status_error(
-    provider: str,
-    status: int,
-    detail: str = "",
-    *,
-    code: str | int | None = None,
-    retry_after: float | None = None,
-) -> ProviderError:
-    """Map an upstream HTTP status (handshake or REST) to the error tree."""
-    code = code if code is not None else status
-    message = f"upstream answered HTTP {status}" + (f": {detail[:80]}" if detail else "")
-    kw: dict[str, Any] = {"provider": provider, "code": code}
-    if status in (401, 402, 403):
-        return ProviderAuthError(message, **kw)
-    if status == 429:
-        return ProviderRateLimited(message, retryable=True, retry_after=retry_after, **kw)
-    if status in (408, 504):
-        return ProviderTimeout(message, retryable=True, **kw)
-    if 400 <= status < 500:
-        return ProviderBadRequest(message, **kw)
-    if status >= 500:
-        return ProviderUnavailable(message, retryable=True, **kw)
-    return ProviderProtocolError(message, **kw)
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
+def redact(text: str, *secrets: str | None) -> str:
+    """`text` with credentials removed: the given secrets and anything shaped like one."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return _SECRETS.sub(r"\1***", text)
 
 
 async def open_websocket(
@@ -82,32 +88,37 @@ async def open_websocket(
     try:
         async with asyncio.timeout(open_within):
             # No permessage-deflate: PCM barely compresses and deflate is the costliest part
-            # of relaying it (see bench/bench_relay.py).
+            # of relaying it (see bench/bench_relay.py). No library keepalive: the stream's
+            # watchdog pings and judges the answers itself.
             return await connect(url, additional_headers=headers, max_size=None,
                                  compression=None, open_timeout=None,
-                                 close_timeout=CLOSE_TIMEOUT, ping_interval=20, ping_timeout=20)
+                                 close_timeout=CLOSE_TIMEOUT, ping_interval=None)
     except InvalidStatus as exc:
         response = exc.response
         body = response.body.decode("utf-8", "replace") if response.body else ""
         # Deepgram names the cause in `dg-error` (developers.deepgram.com/changelog/2022/11/8).
-        detail = response.headers.get("dg-error") or body
+        detail = response.headers.get("dg-error") or provider_message(body)
         raise http_status_error(
             provider, response.status_code, detail,
             retry_after=parse_retry_after(response.headers.get("retry-after")),
         ) from exc
-    except InvalidURI as exc:
-        raise ProviderProtocolError(f"bad upstream URL: {exc}", provider=provider) from exc
     except TimeoutError as exc:
         raise ProviderTimeout(f"no connection within {open_within:g} s", provider=provider,
                               retryable=True) from exc
     except ProviderError:
         raise
     except Exception as exc:  # noqa: BLE001 - the mapping boundary
-        raise map_transport_exception(exc, provider) from exc
+        mapped = map_transport_exception(exc, provider)
+        if mapped is None:
+            raise
+        raise mapped from exc
 
 
 class WebSocketStream(SttStream):
-    """A stream relayed over one provider WebSocket, with one reader task."""
+    """A stream relayed over one provider WebSocket, with one reader and one watchdog."""
+
+    # Seconds the provider may answer nothing (no message, no pong) while the stream is open.
+    stall_window: ClassVar[float] = STALL_WINDOW
 
     def __init__(self, model: str, options: StreamOptions, context: AdapterContext) -> None:
         super().__init__(model, options)
@@ -115,8 +126,21 @@ class WebSocketStream(SttStream):
         self._ws: ClientConnection | None = None
         self._finalizes = 0  # finalize() calls still waiting for their Finalized
         self._finalize_timer: asyncio.TimerHandle | None = None
-        self._quiet_timer: asyncio.TimerHandle | None = None
-        self._error: ProviderError | None = None
+        self._settle_timer: asyncio.TimerHandle | None = None
+        self._finalize_point: float | None = None  # audio position of the newest finalize
+        self._error: Exception | None = None
+        self._last_heard = 0.0  # loop time of the last message or pong
+        self._last_message = 0.0  # loop time of the last message
+        self._flush_since: float | None = None  # loop time the end-of-stream went out
+        self._eos_sent = False
+        self._emitting = False  # the reader waits for room in our own event queue
+        self._garbage_run = 0
+        self._garbage_total = 0
+        self._closer: asyncio.Task[None] | None = None
+
+    @property
+    def stall_timeout(self) -> float:
+        return self.context.stall_timeout or self.stall_window
 
     # ---- provider hooks ------------------------------------------------------------------
 
@@ -134,49 +158,99 @@ class WebSocketStream(SttStream):
     async def _on_upstream_closed(self) -> None:
         """The upstream closed normally: emit what is still pending (then the stream ends)."""
 
-    def _fail(self, error: ProviderError) -> None:
+    async def _salvage(self) -> None:
+        """The stream is failing: emit what the provider already settled (e.g. final pieces
+        of an open segment), so nothing received is lost."""
+
+    def _end_of_stream(self) -> dict[str, Any] | None:
+        """The provider's end-of-stream message (None: closing the socket is the end)."""
+        return None
+
+    async def _stop_sending(self) -> None:
+        """Stop any sender task before the end-of-stream message goes out on an early exit."""
+
+    def _segment_open(self) -> bool:
+        """Whether the provider has reported speech not yet finalized (finalize bookkeeping)."""
+        return False
+
+    # ---- ending ----------------------------------------------------------------------------
+
+    def _fail(self, error: Exception) -> None:
         if self._closed:  # after aclose, a task tripping over the closed socket is no news
             self._finish()
             return
-        self._error = self._error or error
+        if not self._ended:
+            self._error = self._error or error
         super()._fail(error)
+        # Tell the provider and release the socket now: this also wakes a send blocked on a
+        # dead connection.
+        self._close_upstream_soon()
 
-    def _ended_error(self) -> ProviderError:
+    def _ended_error(self) -> Exception:
         """What to raise to a caller once the stream has ended."""
         return self._error or ProviderProtocolError("the stream has ended",
                                                     provider=self.provider)
+
+    async def _shutdown(self) -> None:
+        self._cancel_finalize_timers()
+        await self._stop_sending()
+        await asyncio.shield(self._close_upstream_soon())
+
+    def _close_upstream_soon(self) -> asyncio.Task[None]:
+        if self._closer is None:
+            self._closer = asyncio.get_running_loop().create_task(
+                self._close_upstream(), name=f"{self.provider}:close")
+        return self._closer
+
+    async def _close_upstream(self) -> None:
+        """End-of-stream message if not sent yet (bounded), then the closing handshake."""
+        ws = self._ws
+        if ws is None:
+            return
+        message = self._end_of_stream()
+        if message is not None and not self._eos_sent and ws.state is State.OPEN:
+            try:
+                async with asyncio.timeout(EOS_TIMEOUT):
+                    await ws.send(json.dumps(message))
+                self._eos_sent = True
+            except Exception:  # noqa: BLE001 - best effort: the connection may be dead
+                logger.debug("%s: end-of-stream not delivered", self.provider, exc_info=True)
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT + 1):
+                await ws.close()
+        except Exception:  # noqa: BLE001 - closing must never raise
+            ws.transport.abort()
 
     # ---- plumbing ------------------------------------------------------------------------
 
     async def _connect(self, url: str, headers: dict[str, str]) -> None:
         self._ws = await open_websocket(url, headers, provider=self.provider,
                                         open_within=self.context.connect_timeout)
+        self._last_heard = self._last_message = asyncio.get_running_loop().time()
 
     def _start_reader(self) -> None:
         assert self._ws is not None
-        self._spawn(self._read(self._ws), "reader")
+        self._spawn(self._guarded(self._read_messages(self._ws)), "reader")
+        self._spawn(self._guarded(self._watch(self._ws)), "watchdog")
 
-    async def _read(self, ws: ClientConnection) -> None:
+    async def _guarded(self, work: Any) -> None:
         try:
-            await self._read_messages(ws)
+            await work
         except ProviderError:
-            if not self._closed:  # after aclose, a broken upstream is no news
-                raise
+            if self._closed:  # after aclose, a broken upstream is no news
+                return
+            if not self._ended:
+                await self._salvage()
+            raise
 
     async def _read_messages(self, ws: ClientConnection) -> None:
+        loop = asyncio.get_running_loop()
         try:
             async for raw in ws:
+                self._last_heard = self._last_message = loop.time()
                 if isinstance(raw, bytes):
                     continue  # no provider sends audio back to us
-                try:
-                    message = json.loads(raw)
-                except ValueError as exc:
-                    raise ProviderProtocolError("malformed message from upstream",
-                                                provider=self.provider, code="malformed") from exc
-                if not isinstance(message, dict):
-                    raise ProviderProtocolError("unexpected message from upstream",
-                                                provider=self.provider, code="malformed")
-                await self._on_message(message)
+                await self._handle(raw)
         except ConnectionClosed as exc:
             raise self._closed_error(exc) from exc
         error = self._close_error(ws.close_code or 1005, ws.close_reason or "")
@@ -188,74 +262,182 @@ class WebSocketStream(SttStream):
         await self._on_upstream_closed()
         self._finish()
 
+    async def _handle(self, raw: str) -> None:
+        """Parse and dispatch one text message; skip (within the budget) what is unusable."""
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            self._garbage(raw, "not JSON")
+            return
+        if not isinstance(message, dict):
+            self._garbage(raw, "not a JSON object")
+            return
+        try:
+            await self._on_message(message)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            # A message of a known type missing or mistyping a field: unusable, like garbage.
+            self._garbage(raw, f"{type(exc).__name__}: {exc}", exc)
+            return
+        self._garbage_run = 0
+
+    def _garbage(self, raw: str, why: str, exc: BaseException | None = None) -> None:
+        self._garbage_run += 1
+        self._garbage_total += 1
+        text = redact(raw[:GARBAGE_LOG_CHARS], self.context.api_key)
+        logger.warning("%s: skipped an unusable upstream message (%s): %r", self.provider, why,
+                       text, exc_info=exc)
+        if self._garbage_run >= GARBAGE_IN_A_ROW or self._garbage_total >= GARBAGE_TOTAL:
+            raise ProviderProtocolError(
+                f"malformed messages from upstream ({self._garbage_total}, last: {why})",
+                provider=self.provider, code="malformed", retryable=True)
+
+    async def _watch(self, ws: ClientConnection) -> None:
+        """Ping the provider and fail the stream when it stalls or stops making progress."""
+        loop = asyncio.get_running_loop()
+        window = self.stall_timeout
+        tick = min(1.0, window / 4, self.context.flush_timeout / 4)
+        ping_every = window / 3
+        last_ping = loop.time()
+        pong: asyncio.Future[float] | None = None
+        while not self._ended:
+            await asyncio.sleep(tick)
+            now = loop.time()
+            if self._emitting:  # our consumer is behind: the provider is not to blame
+                self._last_heard = self._last_message = now
+                continue
+            if self._flush_since is not None:
+                since = max(self._flush_since, self._last_message)
+                if now - since > self.context.flush_timeout:
+                    raise ProviderTimeout(
+                        f"no progress for {self.context.flush_timeout:g} s after the end of "
+                        "the stream", provider=self.provider, code="flush_timeout",
+                        retryable=True)
+            elif now - self._last_heard > window:
+                raise ProviderTimeout(f"no answer for {window:g} s (stalled)",
+                                      provider=self.provider, code="stalled", retryable=True)
+            if now - last_ping >= ping_every and (pong is None or pong.done()):
+                last_ping = now
+                pong = loop.create_future()
+                self._spawn(self._ping(ws, pong), "ping")
+
+    async def _ping(self, ws: ClientConnection, pong: asyncio.Future[float]) -> None:
+        """One ping; its pong counts as a sign of life. May block while the link is full."""
+        try:
+            waiter = await ws.ping()
+            await waiter
+            self._last_heard = asyncio.get_running_loop().time()
+        except ConnectionClosed:
+            pass  # the reader reports a lost connection
+        finally:
+            if not pong.done():
+                pong.set_result(0.0)
+
     def _closed_error(self, exc: ConnectionClosed) -> ProviderError:
         if exc.rcvd is None:
-            return ProviderUnavailable("upstream connection lost", provider=self.provider,
-                                       retryable=True)
+            return ProviderConnectionLost("upstream connection lost", provider=self.provider,
+                                          retryable=True)
         error = self._close_error(exc.rcvd.code, exc.rcvd.reason)
         return error or ProviderProtocolError("upstream closed the stream early",
                                               provider=self.provider, code=exc.rcvd.code)
 
     async def _send(self, data: str | bytes) -> None:
         ws = self._ws
-        if ws is None:
-            raise ProviderProtocolError("stream is not open", provider=self.provider)
+        if ws is None or self._ended:
+            raise self._ended_error()
         try:
             await ws.send(data)
         except ConnectionClosed as exc:
+            if self._ended:
+                raise self._ended_error() from exc
             raise self._closed_error(exc) from exc
 
     async def _send_json(self, message: dict[str, Any]) -> None:
         await self._send(json.dumps(message))
 
-    def _arm_flush_deadline(self, what: str) -> None:
-        """After an end-of-stream request: fail with `ProviderTimeout` if no answer in time."""
+    async def _send_end_of_stream(self) -> None:
+        """Send the end-of-stream message (if the provider has one) and start the flush:
+        from now on the stream waits as long as the provider keeps answering."""
+        message = self._end_of_stream()
+        if message is not None and not self._eos_sent:
+            self._eos_sent = True
+            await self._send_json(message)
+        self._begin_flush()
 
-        async def deadline() -> None:
-            await asyncio.sleep(self.context.flush_timeout)
-            raise ProviderTimeout(f"no answer to {what} within {self.context.flush_timeout:g} s",
-                                  provider=self.provider, retryable=True)
+    def _begin_flush(self) -> None:
+        if self._flush_since is None:
+            self._flush_since = asyncio.get_running_loop().time()
 
-        self._spawn(deadline(), "flush-deadline")
+    async def _emit(self, event: StreamEvent) -> None:
+        if not self._events.full():
+            await super()._emit(event)
+            return
+        self._emitting = True
+        try:
+            await super()._emit(event)
+        finally:
+            self._emitting = False
+            self._last_heard = self._last_message = asyncio.get_running_loop().time()
 
     # ---- finalize bookkeeping ---------------------------------------------------------------
 
-    def _expect_finalized(self, delay: float | None = None, *, quiet: bool = False) -> None:
-        """A finalize was sent; `_finalized()` answers it, or the bounded wait runs out
-        (``quiet``: nothing may be pending upstream, so running out is not worth a warning)."""
+    def _expect_finalized(self) -> None:
+        """A finalize was requested; `_finalized()` answers it, or `flush_timeout` s without
+        progress runs out (then a `finalize_timeout` warning precedes the `Finalized`)."""
         self._finalizes += 1
+        self._arm_finalize_timer()
+
+    def _finalize_sent(self, position: float) -> None:
+        """For providers that do not acknowledge a finalize: it reached the wire after
+        `position` s of audio (provider time); see `_final_reached`."""
+        self._finalize_point = position
+        self._arm_settle()
+
+    def _arm_finalize_timer(self) -> None:
         if self._finalize_timer is not None:
             self._finalize_timer.cancel()
         loop = asyncio.get_running_loop()
-        delay = self.context.flush_timeout if delay is None else delay
-        self._finalize_timer = loop.call_later(delay, self._finalize_timed_out, quiet)
+        self._finalize_timer = loop.call_later(self.context.flush_timeout,
+                                               self._finalize_timed_out)
 
-    def _finalize_timed_out(self, quiet: bool) -> None:
+    def _finalize_timed_out(self) -> None:
         self._finalize_timer = None
-        if self._finalizes and not self._ended:
-            task = asyncio.get_running_loop().create_task(
-                self._release_finalizes(timed_out=not quiet))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        if not self._finalizes or self._ended:
+            return
+        if asyncio.get_running_loop().time() - self._last_message < self.context.flush_timeout:
+            self._arm_finalize_timer()  # still making progress: keep waiting
+            return
+        self._later(self._release_finalizes(timed_out=True))
 
-    def _final_seen(self, segment_open: bool) -> None:
-        """For providers with no explicit answer to a finalize (AssemblyAI, Gladia): after a
-        final, with no segment open, and `FINALIZE_QUIET` s without further transcripts,
-        the finalize counts as answered. A natural end-of-turn that was already in flight
-        when we asked is followed by the partials of the next segment, which re-open it."""
-        if self._quiet_timer is not None:
-            self._quiet_timer.cancel()
-            self._quiet_timer = None
-        if self._finalizes and not segment_open:
-            loop = asyncio.get_running_loop()
-            self._quiet_timer = loop.call_later(FINALIZE_QUIET, self._quiet_elapsed)
+    def _final_reached(self, end: float | None) -> None:
+        """A final (ending at `end`, provider audio time) or a partial (`end` None) arrived:
+        for providers without a finalize acknowledgement, the finalize is answered by the
+        final that reaches its audio position, with no segment open after it."""
+        if self._finalize_point is None:
+            return
+        self._arm_settle()
+        if end is not None and not self._segment_open() \
+                and end >= self._finalize_point - FORCED_FINAL_SLACK:
+            self._later(self._finalized())
 
-    def _quiet_elapsed(self) -> None:
-        self._quiet_timer = None
-        if self._finalizes and not self._ended:
-            task = asyncio.get_running_loop().create_task(self._finalized())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    def _arm_settle(self) -> None:
+        if self._settle_timer is not None:
+            self._settle_timer.cancel()
+        self._settle_timer = asyncio.get_running_loop().call_later(FINALIZE_SETTLE,
+                                                                   self._settled)
+
+    def _settled(self) -> None:
+        """`FINALIZE_SETTLE` s without a transcript since the finalize (or the last one)."""
+        self._settle_timer = None
+        if self._finalize_point is None or self._ended:
+            return
+        if self._segment_open():
+            return  # its final answers the finalize, or the finalize timer runs out
+        self._later(self._finalized())
+
+    def _later(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _finalized(self) -> None:
         """The provider answered every pending finalize: emit the acknowledgements."""
@@ -264,23 +446,16 @@ class WebSocketStream(SttStream):
 
     async def _release_finalizes(self, *, timed_out: bool) -> None:
         count, self._finalizes = self._finalizes, 0
-        for timer in (self._finalize_timer, self._quiet_timer):
-            if timer is not None:
-                timer.cancel()
-        self._finalize_timer = self._quiet_timer = None
+        self._finalize_point = None
+        self._cancel_finalize_timers()
         if timed_out and count:
             await self._emit(ProviderWarning("finalize_timeout",
                                               "provider did not confirm finalize in time"))
         for _ in range(count):
             await self._emit(Finalized())
 
-    async def _shutdown(self) -> None:
-        for timer in (self._finalize_timer, self._quiet_timer):
+    def _cancel_finalize_timers(self) -> None:
+        for timer in (self._finalize_timer, self._settle_timer):
             if timer is not None:
                 timer.cancel()
-        self._finalize_timer = self._quiet_timer = None
-        ws, self._ws = self._ws, None
-        if ws is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(CLOSE_TIMEOUT + 1):
-                    await ws.close()
+        self._finalize_timer = self._settle_timer = None

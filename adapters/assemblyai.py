@@ -9,10 +9,11 @@ and returns, and a message that fails its strict validation kills its read task 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlencode
 
 from adapters._ws import WebSocketStream
@@ -32,6 +33,7 @@ from adapters.base import (
     StreamOptions,
     Transcript,
     Word,
+    put_while_alive,
 )
 
 PROVIDER = "assemblyai"
@@ -194,6 +196,9 @@ def ws_query(model: str, options: StreamOptions) -> dict[str, str]:
 
 class AssemblyAIStream(WebSocketStream):
     provider = PROVIDER
+    # Audio seconds sent per wall-clock second: AssemblyAI takes real time (1.0); tests of
+    # long recordings speed both this and the fake's clock up together.
+    pace: ClassVar[float] = 1.0
 
     def __init__(self, model: str, options: StreamOptions, context: AdapterContext) -> None:
         super().__init__(model, options, context)
@@ -206,7 +211,7 @@ class AssemblyAIStream(WebSocketStream):
         self._buffer = bytearray()
         self._outbox: asyncio.Queue[bytes | dict[str, Any]] = asyncio.Queue(maxsize=20)  # 1 s
         self._next_send = 0.0
-        self._force_sent = False
+        self._sent_seconds = 0.0  # audio on the wire
         self._sender_task: asyncio.Task[None] | None = None
 
     async def _start(self) -> None:
@@ -237,23 +242,44 @@ class AssemblyAIStream(WebSocketStream):
                                         provider=PROVIDER)
 
     async def _sender(self) -> None:
-        """Send queued frames in order, never faster than real time."""
+        """Send queued frames in order, never faster than real time (times `pace`)."""
         loop = asyncio.get_running_loop()
         while True:
             item = await self._outbox.get()
             if isinstance(item, dict):
-                await self._send_json(item)
-                self._force_sent |= item["type"] == "ForceEndpoint"
                 if item["type"] == "Terminate":
-                    self._arm_flush_deadline("Terminate")
+                    await self._send_end_of_stream()
                     return
+                await self._send_json(item)
+                if item["type"] == "ForceEndpoint":
+                    self._finalize_sent(self._sent_seconds)
                 continue
             now = loop.time()
-            self._next_send = max(self._next_send, now - PACING_CREDIT)
+            self._next_send = max(self._next_send, now - PACING_CREDIT / self.pace)
             if self._next_send > now:
                 await asyncio.sleep(self._next_send - now)
             await self._send(item)
-            self._next_send += len(item) / (self._bytes_per_ms * 1000)
+            seconds = len(item) / (self._bytes_per_ms * 1000)
+            self._sent_seconds += seconds
+            self._next_send += seconds / self.pace
+
+    def _end_of_stream(self) -> dict[str, Any]:
+        return {"type": "Terminate"}
+
+    async def _stop_sending(self) -> None:
+        """An early exit: no more paced audio, `Terminate` goes out at once."""
+        task = self._sender_task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+    def _segment_open(self) -> bool:
+        return self._tracker.turn_open
+
+    async def _salvage(self) -> None:
+        for event in self._tracker.flush():  # a held end-of-turn is a final already
+            await self._emit(event)
 
     async def _send_audio(self, pcm: bytes) -> None:
         self._buffer += pcm
@@ -268,23 +294,16 @@ class AssemblyAIStream(WebSocketStream):
 
     async def _enqueue(self, item: bytes | dict[str, Any]) -> None:
         """Queue for the paced sender; waits while it is behind, fails if it has died."""
-        if self._outbox.full() and self._sender_task is not None:
-            put = asyncio.ensure_future(self._outbox.put(item))
-            await asyncio.wait({put, self._sender_task}, return_when=asyncio.FIRST_COMPLETED)
-            if not put.done():
-                put.cancel()
-                raise self._ended_error()
-        elif self._sender_task is not None and self._sender_task.done():
+        assert self._sender_task is not None
+        if not await put_while_alive(self._outbox, item, self._sender_task):
             raise self._ended_error()
-        else:
-            self._outbox.put_nowait(item)
 
     async def _finalize(self) -> None:
-        # A remainder under 50 ms stays buffered for the next frame.
+        # A remainder under 50 ms stays buffered for the next frame. ForceEndpoint has no
+        # marked answer: once it is on the wire, the final reaching its audio position
+        # answers it (`WebSocketStream._final_reached`).
         await self._drain(MIN_FRAME_MS)
-        turn_open = self._tracker.turn_open or not self._outbox.empty()
-        self._expect_finalized(None if turn_open else min(1.0, self.context.flush_timeout),
-                               quiet=not turn_open)
+        self._expect_finalized()
         await self._enqueue({"type": "ForceEndpoint"})
 
     async def _close_stream(self) -> None:
@@ -297,14 +316,11 @@ class AssemblyAIStream(WebSocketStream):
     async def _on_message(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == "Turn":
-            for event in self._tracker.feed(parse_turn(message)):
+            events = self._tracker.feed(parse_turn(message))
+            for event in events:
                 await self._emit(event)
-            # ForceEndpoint has no marked answer: once it is sent (the pacer may still hold
-            # audio before it), a final followed by quiet answers it.
-            if self._force_sent:
-                self._final_seen(self._tracker.turn_open)
-            if not self._finalizes:
-                self._force_sent = False
+            finals = [e for e in events if e.is_final]
+            self._final_reached(finals[-1].end if finals else None)
         elif kind == "SpeechStarted":
             await self._emit(SpeechStarted(int(message.get("timestamp") or 0) / 1000))
         elif kind == "Termination":

@@ -10,9 +10,10 @@ Audio handed to a stream is always 16-bit little-endian mono PCM at ``StreamOpti
 are seconds from the start of the audio this stream received; the session core shifts them into
 session time.
 
-Errors: nothing but a `ProviderError` subclass may escape an adapter. `SttStream` wraps the
-provider's own code in `_guard` so a stray transport or SDK exception becomes a
-`ProviderProtocolError` rather than a crash.
+Errors: a provider failure leaves an adapter only as a `ProviderError` subclass. `SttStream`
+wraps the provider's own code in `_guard`, which maps transport exceptions by type
+(`adapters.errors.TRANSPORT_ERRORS`); any other exception is a bug: it is logged with its
+traceback and propagates unchanged (the gateway closes 1011, not retryable, no fallback).
 
 The option types (``adapters/options.py``) and the error tree (``adapters/errors.py``) live in
 their own modules and are re-exported here: a provider module imports the contract from
@@ -33,13 +34,17 @@ from typing import Any, ClassVar, TypeVar
 from adapters.errors import ModelNotFound as ModelNotFound
 from adapters.errors import ProviderAuthError as ProviderAuthError
 from adapters.errors import ProviderBadRequest as ProviderBadRequest
+from adapters.errors import ProviderConnectionLost as ProviderConnectionLost
 from adapters.errors import ProviderError as ProviderError
 from adapters.errors import ProviderNotConfigured as ProviderNotConfigured
 from adapters.errors import ProviderProtocolError as ProviderProtocolError
 from adapters.errors import ProviderRateLimited as ProviderRateLimited
 from adapters.errors import ProviderTimeout as ProviderTimeout
 from adapters.errors import ProviderUnavailable as ProviderUnavailable
+from adapters.errors import http_status_error as http_status_error
 from adapters.errors import map_transport_exception as map_transport_exception
+from adapters.errors import parse_retry_after as parse_retry_after
+from adapters.errors import provider_message as provider_message
 from adapters.options import CANONICAL_SAMPLE_RATE as CANONICAL_SAMPLE_RATE
 from adapters.options import Capabilities as Capabilities
 from adapters.options import ModelInfo as ModelInfo
@@ -178,7 +183,7 @@ class SttStream(ABC):
             item = await self._events.get()
             if item is _END:
                 return
-            if isinstance(item, ProviderError):
+            if isinstance(item, Exception):
                 raise item
             yield item  # type: ignore[misc]
 
@@ -254,8 +259,9 @@ class SttStream(ABC):
             self._ended = True
             self._put_terminal(_END)
 
-    def _fail(self, error: ProviderError) -> None:
-        """End the stream with an error raised from `events()`."""
+    def _fail(self, error: Exception) -> None:
+        """End the stream with an error raised from `events()` (a `ProviderError`, or an
+        unmapped exception: a bug, which the gateway reports as internal)."""
         if not self._ended:
             self._ended = True
             self._put_terminal(error)
@@ -276,7 +282,7 @@ class SttStream(ABC):
         async def runner() -> None:
             try:
                 await self._guard(coro)
-            except ProviderError as err:
+            except Exception as err:  # noqa: BLE001 - ends the stream, raised from events()
                 self._fail(err)
 
         def done(task: asyncio.Task[None]) -> None:
@@ -300,11 +306,34 @@ class SttStream(ABC):
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - this is the mapping boundary
-            raise self._map_exception(exc) from exc
+            mapped = self._map_exception(exc)
+            if mapped is None:
+                logger.error("%s adapter: unexpected %s (a bug, not a provider failure)",
+                             self.provider, type(exc).__name__, exc_info=exc)
+                raise
+            raise mapped from exc
 
-    def _map_exception(self, exc: Exception) -> ProviderError:
-        """Turn a transport/SDK exception into a `ProviderError`. Providers may refine this."""
+    def _map_exception(self, exc: Exception) -> ProviderError | None:
+        """The `ProviderError` a transport exception means; None for anything else (a bug).
+        Providers may refine this."""
         return map_transport_exception(exc, self.provider)
+
+
+async def put_while_alive(queue: asyncio.Queue[T], item: T, worker: asyncio.Task[Any]) -> bool:
+    """Put `item` on a bounded `queue` that `worker` drains, waiting while it is full; False
+    (item not queued) as soon as the worker has ended, so no caller waits on a dead worker."""
+    if worker.done():
+        return False
+    if not queue.full():
+        queue.put_nowait(item)
+        return True
+    put = asyncio.ensure_future(queue.put(item))
+    try:
+        await asyncio.wait({put, worker}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not put.done():
+            put.cancel()
+    return put.done() and not put.cancelled()
 
 
 # ------------------------------------------------------------------------------ adapters
@@ -317,7 +346,12 @@ class AdapterContext:
     api_key: str | None = None
     base_url: str | None = None
     connect_timeout: float = 10.0
+    # Seconds without progress (no message from the provider) before a flush or finalize
+    # fails; also the bound of each REST request of the segmented providers.
     flush_timeout: float = 10.0
+    # Seconds a streaming provider may answer nothing at all (no message, no pong) before it
+    # is declared stalled; None: the provider's own window (`WebSocketStream.stall_window`).
+    stall_timeout: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -151,6 +151,13 @@ class Segmenter:
             return self.flush()
         return self._partial(self._finals)
 
+    def flush_settled(self) -> list[StreamEvent]:
+        """The stream is failing: a final of the `is_final` pieces received, if any (the
+        interim text after them was never settled, so it is not turned into a final)."""
+        if not any(p.text for p in self._finals):
+            return []
+        return self.flush()
+
     def flush(self) -> list[StreamEvent]:
         """Close the open segment: its final, if it has words or had partials."""
         pieces, self._finals = self._finals, []
@@ -277,8 +284,16 @@ class DeepgramStream(WebSocketStream):
     async def _close_stream(self) -> None:
         # CloseStream -> trailing finals -> Metadata -> close 1000
         # (https://developers.deepgram.com/docs/close-stream).
-        self._arm_flush_deadline("CloseStream")
-        await self._send_json({"type": "CloseStream"})
+        await self._send_end_of_stream()
+
+    def _end_of_stream(self) -> dict[str, Any]:
+        return {"type": "CloseStream"}
+
+    async def _salvage(self) -> None:
+        # `is_final` pieces already received are settled text: deliver them as the final of
+        # their segment even though `speech_final` never came.
+        for event in self._segmenter.flush_settled():
+            await self._emit(event)
 
     async def _on_message(self, message: dict[str, Any]) -> None:
         kind = message.get("type")

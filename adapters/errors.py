@@ -1,10 +1,28 @@
-"""The error tree of the adapter contract: the only exceptions that may leave ``adapters/``.
+"""The error tree of the adapter contract: the only exceptions an adapter maps failures to.
 
-``app/errors.py`` maps each to a close code (and HTTP status); `map_transport_exception` is the
-one place a transport or SDK exception becomes one of them.
+``app/errors.py`` maps each to a close code (and HTTP status). `map_transport_exception` is the
+one place a transport exception (websockets, httpx, OS, timeouts) becomes one of them, through
+one table matched by type (`TRANSPORT_ERRORS`). An exception that is in no row is not a
+provider failure but a bug: it is not mapped (`map_transport_exception` returns None), the
+adapter logs it and lets it propagate, and the gateway closes 1011 (internal, not retryable,
+never a reason to fall back).
 """
 
 from __future__ import annotations
+
+import json
+import re
+import socket
+import ssl
+from collections.abc import Callable
+
+import httpx
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidURI,
+    ProtocolError,
+)
 
 
 class ProviderError(Exception):
@@ -53,30 +71,163 @@ class ProviderRateLimited(ProviderError):
 
 
 class ProviderTimeout(ProviderError):
-    """Upstream did not answer within a bounded wait (4504)."""
+    """Upstream did not answer within a bounded wait, or stopped answering (4504)."""
 
 
 class ProviderProtocolError(ProviderError):
     """Upstream failed, closed with an error, or sent something we cannot use (4502)."""
 
 
+class ProviderConnectionLost(ProviderProtocolError):
+    """An open upstream connection dropped without a close frame (4502, retryable), for
+    WebSocket and REST providers alike."""
+
+
 class ProviderBadRequest(ProviderError):
     """Upstream rejected a parameter the client chose (4400)."""
 
 
-def map_transport_exception(exc: BaseException, provider: str) -> ProviderError:
-    """Map common transport exceptions (websockets, httpx, OS, timeouts) to the error tree."""
-    name = type(exc).__name__
-    module = type(exc).__module__
-    if isinstance(exc, TimeoutError):
-        return ProviderTimeout(f"timed out ({name})", provider=provider, retryable=True)
-    if isinstance(exc, ConnectionRefusedError | ConnectionResetError | OSError):
-        return ProviderUnavailable(f"cannot reach upstream: {exc}", provider=provider,
-                                   retryable=True)
-    if module.startswith("httpx"):
-        if "Timeout" in name:
-            return ProviderTimeout(f"timed out ({name})", provider=provider, retryable=True)
-        if "Connect" in name:
-            return ProviderUnavailable(f"cannot reach upstream: {exc}", provider=provider,
-                                       retryable=True)
-    return ProviderProtocolError(f"{name}: {exc}", provider=provider, retryable=True)
+# ------------------------------------------------------------------------ the mapping table
+
+Mapper = Callable[[BaseException, str], ProviderError]
+
+
+def _timeout(exc: BaseException, provider: str) -> ProviderError:
+    return ProviderTimeout(f"timed out ({type(exc).__name__})", provider=provider,
+                           retryable=True)
+
+
+def _unreachable(exc: BaseException, provider: str) -> ProviderError:
+    return ProviderUnavailable(f"cannot reach upstream ({type(exc).__name__}: {exc})",
+                               provider=provider, retryable=True)
+
+
+def _lost(exc: BaseException, provider: str) -> ProviderError:
+    return ProviderConnectionLost(f"upstream connection lost ({type(exc).__name__})",
+                                  provider=provider, retryable=True)
+
+
+def _bad_url(exc: BaseException, provider: str) -> ProviderError:
+    return ProviderProtocolError(f"bad upstream URL: {exc}", provider=provider)
+
+
+def _protocol(exc: BaseException, provider: str) -> ProviderError:
+    return ProviderProtocolError(f"upstream broke the protocol ({type(exc).__name__})",
+                                 provider=provider, retryable=True)
+
+
+def _http_status(exc: BaseException, provider: str) -> ProviderError:
+    assert isinstance(exc, httpx.HTTPStatusError)
+    response = exc.response
+    return http_status_error(provider, response.status_code, provider_message(response.text),
+                             retry_after=parse_retry_after(response.headers.get("retry-after")))
+
+
+# First match wins (isinstance), so subclasses come before their bases.
+TRANSPORT_ERRORS: tuple[tuple[type[BaseException], Mapper], ...] = (
+    # websockets
+    (ConnectionClosed, _lost),
+    (InvalidURI, _bad_url),
+    (InvalidHandshake, _protocol),
+    (ProtocolError, _protocol),
+    # httpx (its own tree; `TimeoutException` covers connect/read/write/pool timeouts)
+    (httpx.TimeoutException, _timeout),
+    (httpx.ConnectError, _unreachable),
+    (httpx.ProxyError, _unreachable),
+    (httpx.RemoteProtocolError, _lost),
+    (httpx.ReadError, _lost),
+    (httpx.WriteError, _lost),
+    (httpx.CloseError, _lost),
+    (httpx.UnsupportedProtocol, _bad_url),
+    (httpx.InvalidURL, _bad_url),
+    (httpx.HTTPStatusError, _http_status),
+    (httpx.DecodingError, _protocol),
+    (httpx.TooManyRedirects, _protocol),
+    (httpx.TransportError, _unreachable),
+    # the standard library
+    (TimeoutError, _timeout),
+    (ConnectionRefusedError, _unreachable),
+    (socket.gaierror, _unreachable),
+    (ssl.SSLError, _unreachable),
+    (ConnectionResetError, _lost),
+    (ConnectionAbortedError, _lost),
+    (BrokenPipeError, _lost),
+    (EOFError, _lost),
+    (OSError, _unreachable),
+)
+
+
+def map_transport_exception(exc: BaseException, provider: str) -> ProviderError | None:
+    """The `ProviderError` a transport exception means, or None when `exc` is in no row of
+    `TRANSPORT_ERRORS` (then it is a bug, not a provider failure)."""
+    if isinstance(exc, ProviderError):
+        return exc
+    for kind, mapper in TRANSPORT_ERRORS:
+        if isinstance(exc, kind):
+            return mapper(exc, provider)
+    return None
+
+
+# --------------------------------------------------------------------- HTTP answers to errors
+
+
+def http_status_error(
+    provider: str,
+    status: int,
+    detail: str = "",
+    *,
+    code: str | int | None = None,
+    retry_after: float | None = None,
+) -> ProviderError:
+    """Map an upstream HTTP status (handshake or REST) to the error tree; `detail` is the
+    provider's message text (see `provider_message`)."""
+    code = code if code is not None else status
+    message = f"upstream answered HTTP {status}" + (f": {detail[:80]}" if detail else "")
+    kw: dict[str, object] = {"provider": provider, "code": code}
+    if status in (401, 402, 403):
+        return ProviderAuthError(message, **kw)  # type: ignore[arg-type]
+    if status == 429:
+        return ProviderRateLimited(message, retryable=True, retry_after=retry_after,
+                                   **kw)  # type: ignore[arg-type]
+    if status in (408, 504):
+        return ProviderTimeout(message, retryable=True, **kw)  # type: ignore[arg-type]
+    if 400 <= status < 500:
+        return ProviderBadRequest(message, **kw)  # type: ignore[arg-type]
+    if status >= 500:
+        return ProviderUnavailable(message, retryable=True, **kw)  # type: ignore[arg-type]
+    return ProviderProtocolError(message, **kw)  # type: ignore[arg-type]
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def provider_message(body: str) -> str:
+    """The human message inside a provider's error body, not its raw JSON.
+
+    OpenAI/Groq: ``{"error": {"message": ...}}``; Gladia: ``{"message": ...,
+    "validation_errors": [...]}``; AssemblyAI/Deepgram: ``{"error": "..."}`` or
+    ``{"err_msg": ...}``. Anything else: the text itself, whitespace collapsed.
+    """
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return re.sub(r"\s+", " ", body).strip()
+    if not isinstance(data, dict):
+        return re.sub(r"\s+", " ", body).strip()
+    error = data.get("error")
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])
+    parts: list[str] = []
+    for key in ("message", "err_msg", "description", "detail", "error"):
+        value = data.get(key)
+        if isinstance(value, str) and value:
+            parts.append(value)
+            break
+    errors = data.get("validation_errors")
+    if isinstance(errors, list) and errors:
+        parts.append("; ".join(str(e) for e in errors[:3]))
+    return ": ".join(parts) if parts else re.sub(r"\s+", " ", body).strip()

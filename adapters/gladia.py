@@ -9,6 +9,7 @@ resend buffer (PROVIDERS.md §7.4): we use httpx for the POST and our own WebSoc
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -34,6 +35,7 @@ from adapters.base import (
     Word,
     map_transport_exception,
 )
+from adapters.errors import provider_message
 
 PROVIDER = "gladia"
 ENDPOINTING = 0.3  # seconds of silence that end an utterance
@@ -125,9 +127,13 @@ class GladiaStream(WebSocketStream):
                 headers={"x-gladia-key": str(self.context.api_key)},
                 timeout=httpx.Timeout(self.context.connect_timeout))
         except httpx.HTTPError as exc:
-            raise map_transport_exception(exc, PROVIDER) from exc
+            mapped = map_transport_exception(exc, PROVIDER)
+            if mapped is None:
+                raise
+            raise mapped from exc
         if not response.is_success:
-            raise http_status_error(PROVIDER, response.status_code, response.text,
+            raise http_status_error(PROVIDER, response.status_code,
+                                    provider_message(response.text),
                                     retry_after=parse_retry_after(
                                         response.headers.get("retry-after")))
         try:
@@ -144,18 +150,24 @@ class GladiaStream(WebSocketStream):
             self._provider_time += len(pcm) / self._bytes_per_second
 
     async def _finalize(self) -> None:
+        # No acknowledgement either: the final reaching the audio position of the request
+        # answers it (`WebSocketStream._final_reached`).
         silence = int(FINALIZE_SILENCE * self._bytes_per_second) // 2 * 2
         self._injected.append((self._provider_time, FINALIZE_SILENCE))
-        open_utterance = self._open is not None
-        self._expect_finalized(None if open_utterance else FINALIZE_SILENCE + 0.5,
-                               quiet=not open_utterance)
+        self._expect_finalized()
         await self._send(bytes(silence))
+        self._finalize_sent(self._provider_time)
         self._provider_time += FINALIZE_SILENCE
 
     async def _close_stream(self) -> None:
         # stop_recording -> remaining finals -> end_recording -> end_session -> close 1000.
-        self._arm_flush_deadline("stop_recording")
-        await self._send_json({"type": "stop_recording"})
+        await self._send_end_of_stream()
+
+    def _end_of_stream(self) -> dict[str, Any]:
+        return {"type": "stop_recording"}
+
+    def _segment_open(self) -> bool:
+        return self._open is not None
 
     def _to_stream(self, t: float) -> float:
         """Provider time -> our stream time (remove the silence we injected)."""
@@ -178,21 +190,22 @@ class GladiaStream(WebSocketStream):
     async def _on_message(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == "transcript":
-            t = self._shifted(parse_transcript(message))
+            raw = parse_transcript(message)
+            t = self._shifted(raw)
             if t.segment_id in self._finals:
                 return
             if not t.is_final:
                 if t.text:
                     self._open = t.segment_id
-                    self._final_seen(segment_open=True)
                     if self.options.interim_results:
                         await self._emit(t)
+                self._final_reached(None)
                 return
             self._finals.add(t.segment_id)
             if self._open == t.segment_id:
                 self._open = None
             await self._emit(t)
-            self._final_seen(self._open is not None)
+            self._final_reached(raw.end)
         elif kind == "speech_start":
             await self._emit(SpeechStarted(self._to_stream(float(message["data"]["time"]))))
         elif kind == "speech_end":
@@ -207,6 +220,8 @@ class GladiaStream(WebSocketStream):
         elif kind == "error" or (message.get("error") and not message.get("acknowledged")):
             error = message.get("error") or message.get("data") or {}
             text = error.get("message") if isinstance(error, dict) else str(error)
+            if isinstance(text, dict | list):  # never raw JSON in a close reason
+                text = provider_message(json.dumps(text))
             raise ProviderProtocolError(str(text or "upstream error"), provider=PROVIDER,
                                         code="error")
 

@@ -168,8 +168,8 @@ class RealtimeStream(WebSocketStream):
             await self._append(tail.astype("<i2").tobytes())
         # No terminate message: commit the tail, wait for its transcript, close ourselves.
         self._closing = True
-        self._arm_flush_deadline("input_audio_buffer.commit")
         await self._commit()
+        self._begin_flush()
         await self._check_done()
 
     async def _check_done(self) -> None:
