@@ -165,3 +165,59 @@ class AsgiFake(RecordedSessions, ABC):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(10):
                     await self._task
+
+
+class Inbox:
+    """Reads a connection eagerly into an unbounded queue, so a fake can process at its own
+    pace (`Pacer`) while the transport keeps flowing (pings are still answered), like a
+    service that buffers what it received and transcribes it at its own speed.
+
+    `recv` returns one message or raises when the connection ends; the exception is handed
+    to `get()` after every message that came before it.
+    """
+
+    def __init__(self, recv: Any) -> None:
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._task = asyncio.get_running_loop().create_task(self._pump(recv))
+
+    async def _pump(self, recv: Any) -> None:
+        try:
+            while True:
+                self._queue.put_nowait(await recv())
+        except Exception as exc:  # noqa: BLE001 - the end of the connection, for get()
+            self._queue.put_nowait(_Ended(exc))
+
+    async def get(self) -> Any:
+        item = await self._queue.get()
+        if isinstance(item, _Ended):
+            self._queue.put_nowait(item)
+            raise item.exc
+        return item
+
+    async def aclose(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(BaseException):
+            await self._task
+
+
+@dataclass
+class _Ended:
+    exc: Exception
+
+
+class Pacer:
+    """Processes audio at `speed` times real time (None: at once), like a real recognizer
+    working through a backlog: a client that sends faster than that waits for its results."""
+
+    def __init__(self, speed: float | None) -> None:
+        self.speed = speed
+        self._clock: float | None = None
+
+    async def hold(self, seconds: float) -> None:
+        """Wait until `seconds` more of audio are processed."""
+        if not self.speed:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._clock = max(self._clock or now, now) + seconds / self.speed
+        await asyncio.sleep(self._clock - now)

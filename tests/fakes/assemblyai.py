@@ -30,12 +30,18 @@ RATE_TOLERANCE = 0.5
 
 class FakeAssemblyAI(WsFake):
     """Faults: ``"too_many"`` (3009 at start), ``"server_error"`` (3005 after the first turn),
-    ``"malformed"`` (non-JSON text after the first turn), ``"stall"`` (ignores Terminate)."""
+    ``"malformed"`` (non-JSON text after every frame once turns flow), ``"garbage_once"``
+    (one non-JSON message and one ``Turn`` without its fields), ``"stall"`` (ignores
+    Terminate).
+
+    `clock_scale`: the fake's "real time" runs this many times faster than the wall clock
+    (the pacing check only), for long recordings sent by an adapter paced the same way."""
 
     def __init__(self, *, api_key: str = "aai-test-key", text: str = BECKETT_TEXT,
                  speech_seconds: float = BECKETT_SECONDS, fault: str | None = None,
-                 rate_tolerance: float = RATE_TOLERANCE) -> None:
+                 rate_tolerance: float = RATE_TOLERANCE, clock_scale: float = 1.0) -> None:
         super().__init__()
+        self.clock_scale = clock_scale
         self.api_key = api_key
         self.text = text
         self.speech_seconds = speech_seconds
@@ -70,6 +76,7 @@ class _Session:
         self.recognizer = Recognizer(fake.text, fake.speech_seconds, self.rate)
         self.turn_order = 0
         self.turns_sent = 0
+        self.garbage_sent = False
         self.first_audio: float | None = None
         self.started = time.monotonic()
 
@@ -128,7 +135,8 @@ class _Session:
             await self.error(3007, f"Input Duration Violation: {duration_ms:.0f} ms; audio "
                                    "must be between 50 and 1000 ms")
             return False
-        ahead = self.recognizer.received + duration_ms / 1000 - (now - self.first_audio)
+        elapsed = (now - self.first_audio) * self.fake.clock_scale
+        ahead = self.recognizer.received + duration_ms / 1000 - elapsed
         if ahead > self.fake.rate_tolerance:
             await self.error(3007, "Audio Transmission Rate Exceeded: send audio in real time")
             return False
@@ -144,6 +152,10 @@ class _Session:
             return False
         if self.turns_sent and self.fake.fault == "malformed":
             await self.ws.send("not json {")
+        if self.turns_sent and self.fake.fault == "garbage_once" and not self.garbage_sent:
+            self.garbage_sent = True
+            await self.ws.send("not json {")
+            await self.send({"type": "Turn", "words": [{"text": "x"}]})
         return True
 
     async def end_turn(self, through: FakeWord | None = None) -> None:

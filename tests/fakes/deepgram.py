@@ -18,7 +18,15 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
-from tests.fakes._server import BECKETT_SECONDS, SessionLog, WsFake, http_error, record_text
+from tests.fakes._server import (
+    BECKETT_SECONDS,
+    Inbox,
+    Pacer,
+    SessionLog,
+    WsFake,
+    http_error,
+    record_text,
+)
 from tests.fakes.recognizer import FakeWord, Recognizer, join
 from tests.speech import BECKETT_TEXT
 
@@ -30,12 +38,20 @@ PIECE_WORDS = 3  # an is_final piece every few words, like Deepgram's windows
 class FakeDeepgram(WsFake):
     """Faults: ``"rate_limit"`` (429), ``"server_error"`` (503), ``"drop"`` (close 1011
     NET-0000 after the first result), ``"data_error"`` (close 1008 DATA-0000 after the first
-    audio), ``"malformed"`` (a non-JSON text frame), ``"stall"`` (never answer CloseStream)."""
+    audio), ``"malformed"`` (non-JSON text frames, one per audio frame once results flow),
+    ``"garbage_once"`` (one non-JSON frame and one ``Results`` without its fields, once),
+    ``"stall"`` (never answer CloseStream).
+
+    `speed`: audio seconds transcribed per second (None: at once). Deepgram buffers what a
+    fast client sends and works through it; results for a backlog keep coming after
+    ``CloseStream`` until the end of the audio is reached."""
 
     def __init__(self, *, api_key: str = "dg-test-key", text: str = BECKETT_TEXT,
                  speech_seconds: float = BECKETT_SECONDS, idle_timeout: float = 10.0,
-                 fault: str | None = None, echo: bool = False) -> None:
+                 fault: str | None = None, echo: bool = False,
+                 speed: float | None = None) -> None:
         super().__init__()
+        self.speed = speed
         self.echo = echo  # benchmark mode: one interim result per frame, text "b<bytes so far>"
         self.api_key = api_key
         self.text = text
@@ -81,17 +97,27 @@ class _Session:
         self.window: list[FakeWord] = []  # words not yet in an is_final piece
         self.segment_open = False
         self.results = 0
+        self.garbage_sent = False
+        self.pacer = Pacer(fake.speed)
 
     async def run(self) -> None:
+        inbox = Inbox(self.ws.recv)
+        try:
+            await self.serve(inbox)
+        finally:
+            await inbox.aclose()
+
+    async def serve(self, inbox: Inbox) -> None:
         while True:
             try:
                 async with asyncio.timeout(self.fake.idle_timeout):
-                    raw = await self.ws.recv()
+                    raw = await inbox.get()
             except TimeoutError:
                 await self.ws.close(1011, "NET-0001 Deepgram did not receive audio data or a "
                                           "text message within the timeout window.")
                 return
             if isinstance(raw, bytes):
+                await self.pacer.hold(len(raw) / (2 * self.rate))
                 if not await self.audio(raw):
                     return
                 continue
@@ -149,6 +175,10 @@ class _Session:
             return False
         if self.fake.fault == "malformed" and self.results:
             await self.ws.send("<html>502 Bad Gateway</html>")
+        if self.fake.fault == "garbage_once" and self.results and not self.garbage_sent:
+            self.garbage_sent = True
+            await self.ws.send("<html>502 Bad Gateway</html>")
+            await self.send({"type": "Results", "channel": {"alternatives": [{"words": [{}]}]}})
         return True
 
     async def piece(self, *, speech_final: bool, from_finalize: bool = False) -> None:

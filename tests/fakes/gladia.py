@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from tests.fakes._server import BECKETT_SECONDS, AsgiFake, SessionLog
+from tests.fakes._server import BECKETT_SECONDS, AsgiFake, Inbox, Pacer, SessionLog
 from tests.fakes.recognizer import FakeWord, Recognizer
 from tests.speech import BECKETT_TEXT
 
@@ -61,12 +61,19 @@ def validate(body: Any) -> list[str]:
 
 class FakeGladia(AsgiFake):
     """Faults: ``"rate_limit"`` (429 on the POST), ``"server_error"`` (close 1011 after the
-    first final), ``"malformed"`` (non-JSON after the first final), ``"stall"`` (ignores
-    stop_recording), ``"no_url"`` (a POST answer without ``url``)."""
+    first final), ``"malformed"`` (a burst of non-JSON after the first final),
+    ``"garbage_once"`` (one non-JSON message and one ``transcript`` without its data, once),
+    ``"stall"`` (ignores stop_recording), ``"no_url"`` (a POST answer without ``url``).
+
+    `speed`: audio seconds transcribed per second (None: at once). `public_port`: the port
+    put in the WebSocket URL the POST returns (a proxy in front of the fake)."""
 
     def __init__(self, *, api_key: str = "gladia-test-key", text: str = BECKETT_TEXT,
-                 speech_seconds: float = BECKETT_SECONDS, fault: str | None = None) -> None:
+                 speech_seconds: float = BECKETT_SECONDS, fault: str | None = None,
+                 speed: float | None = None) -> None:
         super().__init__()
+        self.speed = speed
+        self.public_port: int | None = None
         self.api_key = api_key
         self.text = text
         self.speech_seconds = speech_seconds
@@ -99,7 +106,8 @@ class FakeGladia(AsgiFake):
         answer: dict[str, Any] = {"id": session_id,
                                   "created_at": datetime.now(UTC).isoformat()}
         if self.fault != "no_url":
-            answer["url"] = f"ws://127.0.0.1:{self.port}/v2/live?token={token}"
+            port = self.public_port or self.port
+            answer["url"] = f"ws://127.0.0.1:{port}/v2/live?token={token}"
         return JSONResponse(answer, 201)
 
     async def live(self, ws: WebSocket) -> None:
@@ -112,8 +120,8 @@ class FakeGladia(AsgiFake):
         self.sessions.append(log)
         try:
             await _Session(self, ws, log, body).run()
-        except WebSocketDisconnect:
-            pass
+        except WebSocketDisconnect as exc:
+            log.close_code = exc.code
         finally:
             log.closed.set()
 
@@ -127,6 +135,7 @@ class _Session:
         self.recognizer = Recognizer(fake.text, fake.speech_seconds, int(body["sample_rate"]))
         self.utterance: str | None = None
         self.finals = 0
+        self.pacer = Pacer(fake.speed)
 
     async def send(self, kind: str, data: dict[str, Any]) -> None:
         await self.ws.send_text(json.dumps({
@@ -136,11 +145,21 @@ class _Session:
     async def run(self) -> None:
         if self.flags.get("receive_lifecycle_events"):
             await self.send("start_session", {})
+        inbox = Inbox(self.ws.receive)
+        try:
+            await self.serve(inbox)
+        finally:
+            await inbox.aclose()
+
+    async def serve(self, inbox: Inbox) -> None:
         while True:
-            message = await self.ws.receive()
+            message = await inbox.get()
             if message.get("type") == "websocket.disconnect":
+                self.log.close_code = message.get("code")
                 return
             if message.get("bytes") is not None:
+                rate = int(self.body["sample_rate"])
+                await self.pacer.hold(len(message["bytes"]) / (2 * rate))
                 await self.audio(message["bytes"])
                 continue
             parsed = json.loads(message.get("text") or "{}")
@@ -184,7 +203,11 @@ class _Session:
             await self.ws.close(1011, "Internal error")
             raise WebSocketDisconnect(1011)
         if self.fake.fault == "malformed":
+            for _ in range(6):
+                await self.ws.send_text("<<not json>>")
+        if self.fake.fault == "garbage_once" and self.finals == 1:
             await self.ws.send_text("<<not json>>")
+            await self.send("transcript", {})
 
     async def transcript(self, words: list[FakeWord], *, final: bool) -> None:
         if final and not self.flags.get("receive_final_transcripts", True):

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from tests.fakes._server import BECKETT_SECONDS, AsgiFake, SessionLog
+from tests.fakes._server import BECKETT_SECONDS, AsgiFake, Inbox, Pacer, SessionLog
 from tests.fakes.recognizer import FakeWord, Recognizer, join
 from tests.fakes.transcriptions import TranscriptionsFake
 from tests.speech import BECKETT_TEXT
@@ -35,12 +35,18 @@ RATE = 24000
 
 class FakeOpenAI(AsgiFake):
     """Faults: ``"rate_limit"`` (429 handshake), ``"server_error"`` (a ``server_error`` event
-    and close 1011 after the first transcript), ``"malformed"`` (non-JSON after the first
-    transcript), ``"stall"`` (never answers a commit)."""
+    and close 1011 after the first transcript), ``"malformed"`` (a burst of non-JSON after
+    the first transcript), ``"garbage_once"`` (one non-JSON message and one event with a
+    mistyped field, once), ``"stall"`` (never answers a commit).
+
+    `speed`: audio seconds transcribed per second (None: at once); appended audio is
+    buffered and worked through at that pace."""
 
     def __init__(self, *, api_key: str = "sk-test-key", text: str = BECKETT_TEXT,
-                 speech_seconds: float = BECKETT_SECONDS, fault: str | None = None) -> None:
+                 speech_seconds: float = BECKETT_SECONDS, fault: str | None = None,
+                 speed: float | None = None) -> None:
         super().__init__()
+        self.speed = speed
         self.api_key = api_key
         self.text = text
         self.speech_seconds = speech_seconds
@@ -81,8 +87,8 @@ class FakeOpenAI(AsgiFake):
         self.sessions.append(log)
         try:
             await _Session(self, ws, log).run()
-        except WebSocketDisconnect:
-            pass
+        except WebSocketDisconnect as exc:
+            log.close_code = exc.code
         finally:
             log.closed.set()
 
@@ -97,6 +103,7 @@ class _Session:
         self.item: str | None = None  # the item VAD opened (speech in progress)
         self.previous: str | None = None
         self.completed = 0
+        self.pacer = Pacer(fake.speed)
 
     async def event(self, kind: str, **fields: Any) -> None:
         await self.ws.send_text(json.dumps({"type": kind, "event_id": f"event_{uuid.uuid4().hex}",
@@ -108,17 +115,26 @@ class _Session:
                                          "param": param, "event_id": None})
 
     async def run(self) -> None:
+        inbox = Inbox(self.ws.receive_text)
+        try:
+            await self.serve(inbox)
+        finally:
+            await inbox.aclose()
+
+    async def serve(self, inbox: Inbox) -> None:
         await self.event("session.created", session={"type": "transcription",
                                                      "id": f"sess_{uuid.uuid4().hex}"})
         while True:
-            raw = await self.ws.receive_text()
+            raw = await inbox.get()
             message = json.loads(raw)
             self.log.messages.append({"type": message.get("type")})
             kind = message.get("type")
             if kind == "session.update":
                 await self.update(message.get("session") or {})
             elif kind == "input_audio_buffer.append":
-                await self.append(base64.b64decode(message["audio"]))
+                pcm = base64.b64decode(message["audio"])
+                await self.pacer.hold(len(pcm) / (2 * RATE))
+                await self.append(pcm)
             elif kind == "input_audio_buffer.commit":
                 if self.fake.fault == "stall":
                     continue
@@ -191,4 +207,9 @@ class _Session:
             await self.ws.close(1011)
             raise WebSocketDisconnect(1011)
         if self.fake.fault == "malformed":
+            for _ in range(6):
+                await self.ws.send_text("{not json")
+        if self.fake.fault == "garbage_once" and self.completed == 1:
             await self.ws.send_text("{not json")
+            await self.event("input_audio_buffer.speech_started", item_id="x",
+                             audio_start_ms="soon")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters.base import Adapter, AdapterContext
+from tests.fakes.proxy import FaultProxy
 
 # provider -> (default model, PCM rate of that model)
 CLOUD: dict[str, tuple[str, int]] = {
@@ -34,6 +35,7 @@ class Upstream:
     base_url: str
     api_key: str
     adapter: Adapter
+    proxy: FaultProxy | None = None
 
     def settings(self) -> dict[str, Any]:
         """Gateway settings overrides that point this provider at the fake."""
@@ -89,20 +91,30 @@ def adapter_class(provider: str) -> type[Adapter]:
 @contextlib.asynccontextmanager
 async def upstream(provider: str, *, api_key: str | None = None, model: str | None = None,
                    connect_timeout: float = 5.0, flush_timeout: float = 5.0,
+                   stall_timeout: float | None = None, proxy: bool = False,
                    extra: dict[str, Any] | None = None, **fake_kw: Any) -> AsyncIterator[Upstream]:
-    """Start `provider`'s fake and build its adapter (with `api_key`, default: the right one)."""
+    """Start `provider`'s fake and build its adapter (with `api_key`, default: the right one).
+
+    `proxy`: the adapter reaches the fake through a `FaultProxy` (``up.proxy``), so a test
+    can stall or drop the network between them."""
     default_model, rate = CLOUD[provider]
     fake, base = make_fake(provider, **fake_kw)
-    async with fake:
+    async with fake, contextlib.AsyncExitStack() as stack:
+        url = base(fake)
+        faults = None
+        if proxy:
+            faults = await stack.enter_async_context(FaultProxy(fake.port))
+            url = url.replace(f":{fake.port}", f":{faults.port}")
+            if hasattr(fake, "public_port"):
+                fake.public_port = faults.port
         key = KEYS[provider] if api_key is None else api_key
-        context = AdapterContext(api_key=key, base_url=base(fake),
+        context = AdapterContext(api_key=key, base_url=url,
                                  connect_timeout=connect_timeout, flush_timeout=flush_timeout,
-                                 extra=extra or {})
+                                 stall_timeout=stall_timeout, extra=extra or {})
         adapter = adapter_class(provider)(context)
         model = model or default_model
         rate = adapter.capabilities(model).input_sample_rate
         try:
-            yield Upstream(provider, model, rate, fake, base(fake),
-                           KEYS[provider], adapter)
+            yield Upstream(provider, model, rate, fake, url, KEYS[provider], adapter, faults)
         finally:
             await adapter.aclose()
