@@ -4,9 +4,10 @@
 connect, one reader task, JSON sending, the mapping of handshake statuses and close frames to
 the `ProviderError` tree, and one watchdog that bounds every wait by *progress*, not by a clock:
 
-- while audio flows, a provider that answers nothing at all (no message, no pong to our pings)
-  for its stall window (`stall_window`, or ``AdapterContext.stall_timeout``) is declared
-  stalled: `ProviderTimeout` (retryable), within a second of the window;
+- a provider that answers nothing at all (no message, no pong to the pings we send every
+  third of the window) for its stall window (`stall_window`, or
+  ``AdapterContext.stall_timeout``) is declared stalled: `ProviderTimeout` (retryable, code
+  ``stalled``), within a second of the window, while audio flows or after it ended;
 - after the end-of-stream message, the wait lasts as long as the provider keeps answering; it
   fails with `ProviderTimeout` only after ``flush_timeout`` seconds without a message;
 - a message we cannot parse or use is logged (truncated, secrets redacted) and skipped; only
@@ -305,6 +306,9 @@ class WebSocketStream(SttStream):
             if self._emitting:  # our consumer is behind: the provider is not to blame
                 self._last_heard = self._last_message = now
                 continue
+            if now - self._last_heard > window:
+                raise ProviderTimeout(f"no answer for {window:g} s (stalled)",
+                                      provider=self.provider, code="stalled", retryable=True)
             if self._flush_since is not None:
                 since = max(self._flush_since, self._last_message)
                 if now - since > self.context.flush_timeout:
@@ -312,9 +316,6 @@ class WebSocketStream(SttStream):
                         f"no progress for {self.context.flush_timeout:g} s after the end of "
                         "the stream", provider=self.provider, code="flush_timeout",
                         retryable=True)
-            elif now - self._last_heard > window:
-                raise ProviderTimeout(f"no answer for {window:g} s (stalled)",
-                                      provider=self.provider, code="stalled", retryable=True)
             if now - last_ping >= ping_every and (pong is None or pong.done()):
                 last_ping = now
                 pong = loop.create_future()

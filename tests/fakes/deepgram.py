@@ -40,7 +40,8 @@ class FakeDeepgram(WsFake):
     NET-0000 after the first result), ``"data_error"`` (close 1008 DATA-0000 after the first
     audio), ``"malformed"`` (non-JSON text frames, one per audio frame once results flow),
     ``"garbage_once"`` (one non-JSON frame and one ``Results`` without its fields, once),
-    ``"stall"`` (never answer CloseStream).
+    ``"stall"`` (never answer CloseStream), ``"drop_after_piece"`` (close 1011 NET-0000 right
+    after the first ``is_final`` piece that is not ``speech_final``).
 
     `speed`: audio seconds transcribed per second (None: at once). Deepgram buffers what a
     fast client sends and works through it; results for a backlog keep coming after
@@ -186,6 +187,9 @@ class _Session:
         if words or from_finalize:
             await self.result(words, is_final=True, speech_final=speech_final,
                               from_finalize=from_finalize)
+        if words and not speech_final and self.fake.fault == "drop_after_piece":
+            await self.ws.close(1011, "NET-0000 The service has not transmitted a Text frame.")
+            return
         if speech_final or from_finalize:
             self.segment_open = False
             if words and self.utterance_end:

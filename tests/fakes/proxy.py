@@ -19,7 +19,7 @@ class FaultProxy:
         self.port = 0
         self.stall_after_bytes: int | None = None
         self.stalled_at: float | None = None  # time.monotonic() of the stall
-        self._stalled = asyncio.Event()
+        self.stalled = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -28,9 +28,9 @@ class FaultProxy:
         self.stall_after_bytes = nbytes
 
     def stall(self) -> None:
-        if not self._stalled.is_set():
+        if not self.stalled.is_set():
             self.stalled_at = time.monotonic()
-            self._stalled.set()
+            self.stalled.set()
 
     def drop(self) -> None:
         for writer in list(self._writers):
@@ -81,9 +81,9 @@ class FaultProxy:
     async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter,
                     upstream: bool, sent: list[int]) -> None:
         try:
-            while not self._stalled.is_set():
+            while not self.stalled.is_set():
                 read = asyncio.ensure_future(src.read(65536))
-                stalled = asyncio.ensure_future(self._stalled.wait())
+                stalled = asyncio.ensure_future(self.stalled.wait())
                 await asyncio.wait({read, stalled}, return_when=asyncio.FIRST_COMPLETED)
                 stalled.cancel()
                 if not read.done():
