@@ -63,10 +63,10 @@ GARBAGE_IN_A_ROW = 5
 GARBAGE_TOTAL = 10
 # Characters of an unusable message that go to the log.
 GARBAGE_LOG_CHARS = 200
-# Finalize without an acknowledgement (AssemblyAI, Gladia): a final whose end lies within
-# this many seconds before the finalize point is the one the finalize forced (a recognizer
-# reports a word once it is over, so the forced turn ends within about a word of that point).
-FORCED_FINAL_SLACK = 0.8
+# Finalize without an acknowledgement (AssemblyAI, Gladia): the final that ends within this
+# many seconds of the finalize point is the one the finalize forced. Shorter than any word,
+# so a final that ends earlier may still be followed by words spoken before the point.
+FORCED_FINAL_SLACK = 0.15
 # ... and when no turn is open and no such final comes, the provider has had all the audio
 # before the finalize point for this long without a word about it: nothing more to finalize.
 FINALIZE_SETTLE = 1.0

@@ -221,3 +221,43 @@ class Pacer:
         now = loop.time()
         self._clock = max(self._clock or now, now) + seconds / self.speed
         await asyncio.sleep(self._clock - now)
+
+
+class Latency:
+    """Sends a fake's answers `seconds` after it produced them, in order, like a recognizer's
+    processing delay (0: at once). `flush()` waits until everything produced went out."""
+
+    def __init__(self, send: Any, seconds: float = 0.0) -> None:
+        self._send = send
+        self.seconds = seconds
+        self._queue: asyncio.Queue[tuple[float, Any]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def send(self, data: Any) -> None:
+        if not self.seconds:
+            await self._send(data)
+            return
+        loop = asyncio.get_running_loop()
+        if self._task is None:
+            self._task = loop.create_task(self._pump())
+        self._queue.put_nowait((loop.time() + self.seconds, data))
+
+    async def _pump(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due, data = await self._queue.get()
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            try:
+                await self._send(data)
+            finally:
+                self._queue.task_done()
+
+    async def flush(self) -> None:
+        if self._task is not None:
+            await self._queue.join()
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task

@@ -19,7 +19,14 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
-from tests.fakes._server import BECKETT_SECONDS, SessionLog, WsFake, http_error, record_text
+from tests.fakes._server import (
+    BECKETT_SECONDS,
+    Latency,
+    SessionLog,
+    WsFake,
+    http_error,
+    record_text,
+)
 from tests.fakes.recognizer import FakeWord, Recognizer, join
 from tests.speech import BECKETT_TEXT
 
@@ -35,12 +42,15 @@ class FakeAssemblyAI(WsFake):
     Terminate).
 
     `clock_scale`: the fake's "real time" runs this many times faster than the wall clock
-    (the pacing check only), for long recordings sent by an adapter paced the same way."""
+    (the pacing check only), for long recordings sent by an adapter paced the same way.
+    `latency`: seconds between hearing audio and answering about it (order kept)."""
 
     def __init__(self, *, api_key: str = "aai-test-key", text: str = BECKETT_TEXT,
                  speech_seconds: float = BECKETT_SECONDS, fault: str | None = None,
-                 rate_tolerance: float = RATE_TOLERANCE, clock_scale: float = 1.0) -> None:
+                 rate_tolerance: float = RATE_TOLERANCE, clock_scale: float = 1.0,
+                 latency: float = 0.0) -> None:
         super().__init__()
+        self.latency = latency
         self.clock_scale = clock_scale
         self.api_key = api_key
         self.text = text
@@ -77,14 +87,22 @@ class _Session:
         self.turn_order = 0
         self.turns_sent = 0
         self.garbage_sent = False
+        self.out = Latency(ws.send, fake.latency)
         self.first_audio: float | None = None
         self.started = time.monotonic()
 
     async def error(self, code: int, text: str) -> None:
         await self.send({"type": "Error", "error_code": code, "error": text})
+        await self.out.flush()
         await self.ws.close(code, text[:120])
 
     async def run(self) -> None:
+        try:
+            await self.serve()
+        finally:
+            await self.out.aclose()
+
+    async def serve(self) -> None:
         if self.log.headers.get("authorization") != self.fake.api_key:
             await self.error(1008, "Unauthorized connection: Invalid API key")
             return
@@ -119,6 +137,7 @@ class _Session:
                                  "audio_duration_seconds": round(self.recognizer.received, 3),
                                  "session_duration_seconds": round(
                                      time.monotonic() - self.started, 3)})
+                await self.out.flush()
                 await self.ws.close(1000)
                 return
             else:
@@ -151,10 +170,10 @@ class _Session:
             await self.error(3005, "Internal server error")
             return False
         if self.turns_sent and self.fake.fault == "malformed":
-            await self.ws.send("not json {")
+            await self.out.send("not json {")
         if self.turns_sent and self.fake.fault == "garbage_once" and not self.garbage_sent:
             self.garbage_sent = True
-            await self.ws.send("not json {")
+            await self.out.send("not json {")
             await self.send({"type": "Turn", "words": [{"text": "x"}]})
         return True
 
@@ -196,4 +215,4 @@ class _Session:
         return out
 
     async def send(self, message: dict[str, Any]) -> None:
-        await self.ws.send(json.dumps(message))
+        await self.out.send(json.dumps(message))

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from tests.fakes._server import BECKETT_SECONDS, AsgiFake, Inbox, Pacer, SessionLog
+from tests.fakes._server import BECKETT_SECONDS, AsgiFake, Inbox, Latency, Pacer, SessionLog
 from tests.fakes.recognizer import FakeWord, Recognizer
 from tests.speech import BECKETT_TEXT
 
@@ -65,14 +65,16 @@ class FakeGladia(AsgiFake):
     ``"garbage_once"`` (one non-JSON message and one ``transcript`` without its data, once),
     ``"stall"`` (ignores stop_recording), ``"no_url"`` (a POST answer without ``url``).
 
-    `speed`: audio seconds transcribed per second (None: at once). `public_port`: the port
-    put in the WebSocket URL the POST returns (a proxy in front of the fake)."""
+    `speed`: audio seconds transcribed per second (None: at once). `latency`: seconds
+    between hearing audio and answering about it (order kept). `public_port`: the port put
+    in the WebSocket URL the POST returns (a proxy in front of the fake)."""
 
     def __init__(self, *, api_key: str = "gladia-test-key", text: str = BECKETT_TEXT,
                  speech_seconds: float = BECKETT_SECONDS, fault: str | None = None,
-                 speed: float | None = None) -> None:
+                 speed: float | None = None, latency: float = 0.0) -> None:
         super().__init__()
         self.speed = speed
+        self.latency = latency
         self.public_port: int | None = None
         self.api_key = api_key
         self.text = text
@@ -136,9 +138,10 @@ class _Session:
         self.utterance: str | None = None
         self.finals = 0
         self.pacer = Pacer(fake.speed)
+        self.out = Latency(ws.send_text, fake.latency)
 
     async def send(self, kind: str, data: dict[str, Any]) -> None:
-        await self.ws.send_text(json.dumps({
+        await self.out.send(json.dumps({
             "session_id": self.body["id"], "created_at": datetime.now(UTC).isoformat(),
             "type": kind, "data": data}))
 
@@ -150,6 +153,7 @@ class _Session:
             await self.serve(inbox)
         finally:
             await inbox.aclose()
+            await self.out.aclose()
 
     async def serve(self, inbox: Inbox) -> None:
         while True:
@@ -172,6 +176,7 @@ class _Session:
                     await self.send("end_recording",
                                     {"recording_duration": round(self.recognizer.received, 3)})
                     await self.send("end_session", {})
+                await self.out.flush()
                 await self.ws.close(1000)
                 return
 
@@ -200,13 +205,14 @@ class _Session:
         self.utterance = None
         self.finals += 1
         if self.fake.fault == "server_error":
+            await self.out.flush()
             await self.ws.close(1011, "Internal error")
             raise WebSocketDisconnect(1011)
         if self.fake.fault == "malformed":
             for _ in range(6):
-                await self.ws.send_text("<<not json>>")
+                await self.out.send("<<not json>>")
         if self.fake.fault == "garbage_once" and self.finals == 1:
-            await self.ws.send_text("<<not json>>")
+            await self.out.send("<<not json>>")
             await self.send("transcript", {})
 
     async def transcript(self, words: list[FakeWord], *, final: bool) -> None:
