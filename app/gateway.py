@@ -62,7 +62,8 @@ def _secret(value: object) -> str | None:
 def adapter_contexts(settings: Settings) -> dict[str, AdapterContext]:
     """Each adapter gets only its own settings."""
     common = {"connect_timeout": settings.provider_connect_timeout,
-              "flush_timeout": settings.provider_flush_timeout}
+              "flush_timeout": settings.provider_flush_timeout,
+              "stall_timeout": settings.provider_stall_timeout}
     contexts = {
         "local": AdapterContext(extra={
             "model_dir": settings.local_model_dir,

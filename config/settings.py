@@ -74,9 +74,14 @@ class Settings(BaseSettings):
     gladia_base_url: str = "https://api.gladia.io"
     groq_api_key: SecretStr | None = Field(None, validation_alias=_env("GROQ_API_KEY"))
     groq_base_url: str = "https://api.groq.com/openai/v1"
-    # Bounded waits on upstreams (seconds).
+    # Bounded waits on upstreams (seconds). Connect: connection and session setup. Flush:
+    # seconds *without progress* (no message from the provider) after the end of stream or
+    # a finalize before it fails 4504, and the bound of each REST upload (Groq, whisper-1).
     provider_connect_timeout: float = 10.0
     provider_flush_timeout: float = 10.0
+    # Seconds a streaming provider may answer nothing at all (no message, no pong to our
+    # pings) before it is declared stalled (4504, or fallback); unset: each provider's own.
+    provider_stall_timeout: float | None = Field(None, gt=0)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -173,3 +173,147 @@ async def test_close_codes_of_each_provider() -> None:
     assert isinstance(gladia.close_error(4401, "bad token"), ProviderAuthError)
     assert isinstance(gladia.close_error(4400, "bad"), ProviderBadRequest)
     assert isinstance(gladia.close_error(1011, "boom"), ProviderUnavailable)
+
+
+# ------------------------------------------------------------- the mapping is total and typed
+
+
+def _instances() -> list[tuple[BaseException, type[ProviderError]]]:
+    """One instance of every exception type in the transport table, and what it must become."""
+    import socket
+    import ssl
+
+    import httpx
+    from websockets.exceptions import (
+        ConnectionClosedError,
+        InvalidHandshake,
+        InvalidURI,
+        ProtocolError,
+    )
+
+    from adapters.base import ProviderConnectionLost
+
+    request = httpx.Request("POST", "https://upstream.invalid/x")
+    response = httpx.Response(429, request=request, json={"error": {"message": "slow down"}})
+    return [
+        (ConnectionClosedError(None, None), ProviderConnectionLost),
+        (InvalidURI("nope", "bad"), ProviderProtocolError),
+        (InvalidHandshake("bad"), ProviderProtocolError),
+        (ProtocolError("bad frame"), ProviderProtocolError),
+        (httpx.ConnectTimeout("t", request=request), ProviderTimeout),
+        (httpx.ReadTimeout("t", request=request), ProviderTimeout),
+        (httpx.WriteTimeout("t", request=request), ProviderTimeout),
+        (httpx.PoolTimeout("t", request=request), ProviderTimeout),
+        (httpx.ConnectError("c", request=request), ProviderUnavailable),
+        (httpx.ProxyError("p", request=request), ProviderUnavailable),
+        (httpx.RemoteProtocolError("peer closed", request=request), ProviderConnectionLost),
+        (httpx.ReadError("r", request=request), ProviderConnectionLost),
+        (httpx.WriteError("w", request=request), ProviderConnectionLost),
+        (httpx.CloseError("c", request=request), ProviderConnectionLost),
+        (httpx.UnsupportedProtocol("ftp", request=request), ProviderProtocolError),
+        (httpx.InvalidURL("bad"), ProviderProtocolError),
+        (httpx.HTTPStatusError("429", request=request, response=response), ProviderRateLimited),
+        (httpx.DecodingError("gzip", request=request), ProviderProtocolError),
+        (httpx.TooManyRedirects("loop", request=request), ProviderProtocolError),
+        (httpx.LocalProtocolError("l", request=request), ProviderUnavailable),
+        (TimeoutError(), ProviderTimeout),
+        (ConnectionRefusedError(), ProviderUnavailable),
+        (socket.gaierror(-2, "Name or service not known"), ProviderUnavailable),
+        (ssl.SSLError("bad cert"), ProviderUnavailable),
+        (ConnectionResetError(), ProviderConnectionLost),
+        (ConnectionAbortedError(), ProviderConnectionLost),
+        (BrokenPipeError(), ProviderConnectionLost),
+        (EOFError(), ProviderConnectionLost),
+        (OSError("no route"), ProviderUnavailable),
+    ]
+
+
+def test_every_row_of_the_transport_table_is_covered_and_mapped_by_type() -> None:
+    from adapters.errors import TRANSPORT_ERRORS, map_transport_exception
+    from app.errors import to_gateway_error
+
+    cases = _instances()
+    covered = {kind for kind, _ in TRANSPORT_ERRORS}
+    assert covered <= {type(exc) for exc, _ in cases} | {
+        base for exc, _ in cases for base in type(exc).__mro__}
+    for exc, expected in cases:
+        error = map_transport_exception(exc, "x")
+        assert type(error) is expected, (exc, error)
+        assert error is not None and error.provider == "x"
+        gateway = to_gateway_error(error)
+        assert gateway.close_code in (4429, 4502, 4503, 4504), (exc, gateway.close_code)
+        assert "{" not in gateway.message  # the provider's text, never raw JSON
+    rate_limited = map_transport_exception(cases[16][0], "x")
+    assert rate_limited is not None and "slow down" in str(rate_limited)
+
+
+@pytest.mark.parametrize("bug", [KeyError("text"), AttributeError("x"), RuntimeError("y"),
+                                 ZeroDivisionError()])
+async def test_an_unknown_exception_is_a_bug_not_a_provider_error(
+        bug: Exception, caplog: pytest.LogCaptureFixture) -> None:
+    """Not mapped, not retryable, never a reason to fall back: it propagates unchanged from
+    the adapter (logged with its traceback) and the gateway closes 1011."""
+    from adapters.errors import map_transport_exception
+    from app.errors import to_gateway_error
+    from tests.adapters.test_stream_sink import ScriptedStream
+
+    assert map_transport_exception(bug, "x") is None
+    stream = ScriptedStream("m", StreamOptions(sample_rate=16000))
+
+    async def broken() -> None:
+        raise bug
+
+    with pytest.raises(type(bug)):
+        await stream._guard(broken())
+    assert any(r.exc_info and r.exc_info[1] is bug for r in caplog.records)
+    # Raised in a background task, it ends the stream and comes out of events() unchanged.
+    stream._spawn(broken(), "worker")
+    with pytest.raises(type(bug)):
+        async with asyncio.timeout(5):
+            async for _ in stream.events():
+                pass
+    await stream.aclose()
+    gateway = to_gateway_error(bug)
+    assert gateway.close_code == 1011 and not gateway.retryable
+
+
+def test_provider_messages_not_raw_json() -> None:
+    from adapters.errors import http_status_error, provider_message
+
+    openai = '{"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}}'
+    gladia = ('{"statusCode": 400, "message": "Bad Request", "validation_errors": '
+              '["property diarization should not exist"]}')
+    assert provider_message(openai) == "Incorrect API key provided"
+    assert provider_message(gladia) == "Bad Request: property diarization should not exist"
+    assert provider_message('{"statusCode": 401, "message": "Invalid or missing API key"}') \
+        == "Invalid or missing API key"
+    assert provider_message("<html>\n bad gateway </html>") == "<html> bad gateway </html>"
+    error = http_status_error("openai", 401, provider_message(openai))
+    assert str(error) == "openai upstream answered HTTP 401: Incorrect API key provided [401]"
+
+
+@pytest.mark.parametrize("model", ["groq", "whisper-1"])
+async def test_segmented_upload_drop_is_connection_lost_4502(model: str) -> None:
+    from adapters.base import ProviderConnectionLost
+    from app.errors import to_gateway_error
+
+    provider, kw = ("groq", {}) if model == "groq" else ("openai", {"model": "whisper-1"})
+    error = await _stream_through(provider, "drop", **kw)
+    assert isinstance(error, ProviderConnectionLost) and error.retryable
+    assert to_gateway_error(error).close_code == 4502
+
+
+@pytest.mark.parametrize("fault", ["stall", "server_error", "drop"])
+async def test_a_dead_uploader_never_strands_the_sender(fault: str) -> None:
+    """The uploader dies on a stalled (timed out), failing or dropped upload while the client
+    keeps sending as fast as allowed: the full upload queue must not hold the sender, which
+    gets the uploader's error in bounded time."""
+    async with upstream("groq", fault=fault, flush_timeout=1.0) as up:
+        stream = up.adapter.open_stream(up.model, StreamOptions())
+        audio = pcm("beckett.wav") * 4  # 24 utterances: far more than the queue holds
+        with pytest.raises(ProviderError) as err:
+            await run(stream, audio, within=20)
+        assert not stream._tasks
+    expected = {"stall": ProviderTimeout, "server_error": ProviderUnavailable,
+                "drop": ProviderProtocolError}[fault]
+    assert isinstance(err.value, expected), repr(err.value)

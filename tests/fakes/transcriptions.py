@@ -113,7 +113,7 @@ class TranscriptionsFake:
     """Routes for ``{prefix}/models`` and ``{prefix}/audio/transcriptions``.
 
     Faults: ``"rate_limit"`` (429), ``"server_error"`` (500), ``"malformed"`` (200, not
-    JSON), ``"stall"`` (never answers).
+    JSON), ``"stall"`` (never answers), ``"drop"`` (the connection drops mid-answer).
     """
 
     api_key: str
@@ -164,6 +164,8 @@ class TranscriptionsFake:
             return _error(504, "gateway timeout", "timeout")
         if self.fault == "malformed":
             return PlainTextResponse("<html>bad gateway</html>")
+        if self.fault == "drop":
+            return _Dropped()
         model = fields.get("model", [""])[0]
         if model not in self.models:
             return _error(404, f"The model `{model}` does not exist", "model_not_found")
@@ -196,6 +198,20 @@ class TranscriptionsFake:
             "words": [{"word": w, "start": s, "end": e} for w, s, e in words],
             "x_groq": {"id": f"req_{uuid.uuid4().hex}"},
         })
+
+
+class _Dropped(Response):
+    """Starts a 200 answer, then the connection goes away before the body is complete."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=200)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", b"4096")]})
+        await send({"type": "http.response.body", "body": b'{"text": "', "more_body": True})
+        raise ConnectionAbortedError("the fake dropped the connection")
 
 
 def _sentences(text: str) -> list[list[str]]:
