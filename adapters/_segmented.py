@@ -232,7 +232,7 @@ class SegmentedStream(SttStream):
                                                 headers=self._headers(),
                                                 timeout=httpx.Timeout(budget), **kw)
         except TimeoutError as exc:
-            raise ProviderTimeout(f"no answer to {method} {path} within {budget:g} s",
+            raise ProviderTimeout(f"timed out: no answer to {method} {path} within {budget:g} s",
                                   provider=self.provider, retryable=True) from exc
         except httpx.HTTPError as exc:
             mapped = map_transport_exception(exc, self.provider)
