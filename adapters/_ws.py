@@ -32,15 +32,14 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.protocol import State
 
+from adapters._finalize import FinalizeBookkeeping
 from adapters.base import (
     AdapterContext,
-    Finalized,
     ProviderConnectionLost,
     ProviderError,
     ProviderProtocolError,
     ProviderTimeout,
     ProviderUnavailable,
-    ProviderWarning,
     StreamEvent,
     StreamOptions,
     SttStream,
@@ -63,14 +62,6 @@ GARBAGE_IN_A_ROW = 5
 GARBAGE_TOTAL = 10
 # Characters of an unusable message that go to the log.
 GARBAGE_LOG_CHARS = 200
-# Finalize without an acknowledgement (AssemblyAI, Gladia): the final that ends within this
-# many seconds of the finalize point is the one the finalize forced. Shorter than any word,
-# so a final that ends earlier may still be followed by words spoken before the point.
-FORCED_FINAL_SLACK = 0.15
-# ... and when no turn is open and no such final comes, the provider has had all the audio
-# before the finalize point for this long without a word about it: nothing more to finalize.
-FINALIZE_SETTLE = 1.0
-
 _SECRETS = re.compile(r"(?i)((?:token|key|secret|authorization|bearer)[\"'=:\s]+)[\w.~+/-]{6,}")
 
 
@@ -115,7 +106,7 @@ async def open_websocket(
         raise mapped from exc
 
 
-class WebSocketStream(SttStream):
+class WebSocketStream(FinalizeBookkeeping, SttStream):
     """A stream relayed over one provider WebSocket, with one reader and one watchdog."""
 
     # Seconds the provider may answer nothing (no message, no pong) while the stream is open.
@@ -125,10 +116,7 @@ class WebSocketStream(SttStream):
         super().__init__(model, options)
         self.context = context
         self._ws: ClientConnection | None = None
-        self._finalizes = 0  # finalize() calls still waiting for their Finalized
-        self._finalize_timer: asyncio.TimerHandle | None = None
-        self._settle_timer: asyncio.TimerHandle | None = None
-        self._finalize_point: float | None = None  # audio position of the newest finalize
+        self._init_finalizes()
         self._error: Exception | None = None
         self._last_heard = 0.0  # loop time of the last message or pong
         self._last_message = 0.0  # loop time of the last message
@@ -169,10 +157,6 @@ class WebSocketStream(SttStream):
 
     async def _stop_sending(self) -> None:
         """Stop any sender task before the end-of-stream message goes out on an early exit."""
-
-    def _segment_open(self) -> bool:
-        """Whether the provider has reported speech not yet finalized (finalize bookkeeping)."""
-        return False
 
     # ---- ending ----------------------------------------------------------------------------
 
@@ -378,85 +362,3 @@ class WebSocketStream(SttStream):
         finally:
             self._emitting = False
             self._last_heard = self._last_message = asyncio.get_running_loop().time()
-
-    # ---- finalize bookkeeping ---------------------------------------------------------------
-
-    def _expect_finalized(self) -> None:
-        """A finalize was requested; `_finalized()` answers it, or `flush_timeout` s without
-        progress runs out (then a `finalize_timeout` warning precedes the `Finalized`)."""
-        self._finalizes += 1
-        self._arm_finalize_timer()
-
-    def _finalize_sent(self, position: float) -> None:
-        """For providers that do not acknowledge a finalize: it reached the wire after
-        `position` s of audio (provider time); see `_final_reached`."""
-        self._finalize_point = position
-        self._arm_settle()
-
-    def _arm_finalize_timer(self) -> None:
-        if self._finalize_timer is not None:
-            self._finalize_timer.cancel()
-        loop = asyncio.get_running_loop()
-        self._finalize_timer = loop.call_later(self.context.flush_timeout,
-                                               self._finalize_timed_out)
-
-    def _finalize_timed_out(self) -> None:
-        self._finalize_timer = None
-        if not self._finalizes or self._ended:
-            return
-        if asyncio.get_running_loop().time() - self._last_message < self.context.flush_timeout:
-            self._arm_finalize_timer()  # still making progress: keep waiting
-            return
-        self._later(self._release_finalizes(timed_out=True))
-
-    def _final_reached(self, end: float | None) -> None:
-        """A final (ending at `end`, provider audio time) or a partial (`end` None) arrived:
-        for providers without a finalize acknowledgement, the finalize is answered by the
-        final that reaches its audio position, with no segment open after it."""
-        if self._finalize_point is None:
-            return
-        self._arm_settle()
-        if end is not None and not self._segment_open() \
-                and end >= self._finalize_point - FORCED_FINAL_SLACK:
-            self._later(self._finalized())
-
-    def _arm_settle(self) -> None:
-        if self._settle_timer is not None:
-            self._settle_timer.cancel()
-        self._settle_timer = asyncio.get_running_loop().call_later(FINALIZE_SETTLE,
-                                                                   self._settled)
-
-    def _settled(self) -> None:
-        """`FINALIZE_SETTLE` s without a transcript since the finalize (or the last one)."""
-        self._settle_timer = None
-        if self._finalize_point is None or self._ended:
-            return
-        if self._segment_open():
-            return  # its final answers the finalize, or the finalize timer runs out
-        self._later(self._finalized())
-
-    def _later(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _finalized(self) -> None:
-        """The provider answered every pending finalize: emit the acknowledgements."""
-        if self._finalizes:
-            await self._release_finalizes(timed_out=False)
-
-    async def _release_finalizes(self, *, timed_out: bool) -> None:
-        count, self._finalizes = self._finalizes, 0
-        self._finalize_point = None
-        self._cancel_finalize_timers()
-        if timed_out and count:
-            await self._emit(ProviderWarning("finalize_timeout",
-                                              "provider did not confirm finalize in time"))
-        for _ in range(count):
-            await self._emit(Finalized())
-
-    def _cancel_finalize_timers(self) -> None:
-        for timer in (self._finalize_timer, self._settle_timer):
-            if timer is not None:
-                timer.cancel()
-        self._finalize_timer = self._settle_timer = None
