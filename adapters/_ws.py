@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 from abc import abstractmethod
 from typing import Any, ClassVar
 
@@ -45,9 +44,10 @@ from adapters.base import (
     SttStream,
     map_transport_exception,
 )
-from adapters.errors import http_status_error, parse_retry_after, provider_message
+from adapters.errors import http_status_error, parse_retry_after, provider_message, redact
 
-__all__ = ["WebSocketStream", "http_status_error", "open_websocket", "parse_retry_after"]
+__all__ = ["WebSocketStream", "http_status_error", "open_websocket", "parse_retry_after",
+           "redact"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,17 +62,6 @@ GARBAGE_IN_A_ROW = 5
 GARBAGE_TOTAL = 10
 # Characters of an unusable message that go to the log.
 GARBAGE_LOG_CHARS = 200
-_SECRETS = re.compile(r"(?i)((?:token|key|secret|authorization|bearer)[\"'=:\s]+)[\w.~+/-]{6,}")
-
-
-def redact(text: str, *secrets: str | None) -> str:
-    """`text` with credentials removed: the given secrets and anything shaped like one."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return _SECRETS.sub(r"\1***", text)
-
-
 async def open_websocket(
     url: str, headers: dict[str, str], *, provider: str, open_within: float
 ) -> ClientConnection:

@@ -89,6 +89,18 @@ class ProviderBadRequest(ProviderError):
 
 # ------------------------------------------------------------------------ the mapping table
 
+_SECRETS = re.compile(r"(?i)((?:token|key|secret|authorization|bearer)[\"'=:\s]+)[\w.~+/-]{6,}")
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """`text` with credentials removed: the given secrets and anything shaped like one
+    (``token=...``, ``"key": "..."``, ``Bearer ...``), e.g. Gladia's session URL."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return _SECRETS.sub(r"\1***", text)
+
+
 Mapper = Callable[[BaseException, str], ProviderError]
 
 
@@ -98,7 +110,7 @@ def _timeout(exc: BaseException, provider: str) -> ProviderError:
 
 
 def _unreachable(exc: BaseException, provider: str) -> ProviderError:
-    return ProviderUnavailable(f"cannot reach upstream ({type(exc).__name__}: {exc})",
+    return ProviderUnavailable(f"cannot reach upstream ({type(exc).__name__}: {redact(str(exc))})",
                                provider=provider, retryable=True)
 
 
@@ -108,7 +120,7 @@ def _lost(exc: BaseException, provider: str) -> ProviderError:
 
 
 def _bad_url(exc: BaseException, provider: str) -> ProviderError:
-    return ProviderProtocolError(f"bad upstream URL: {exc}", provider=provider)
+    return ProviderProtocolError(f"bad upstream URL: {redact(str(exc))}", provider=provider)
 
 
 def _protocol(exc: BaseException, provider: str) -> ProviderError:

@@ -19,6 +19,7 @@ from adapters.base import (
     ProviderTimeout,
     ProviderUnavailable,
     StreamOptions,
+    SttStream,
 )
 from tests.fakes.driver import run
 from tests.fakes.providers import CLOUD, KEYS, adapter_class, upstream
@@ -255,10 +256,9 @@ async def test_an_unknown_exception_is_a_bug_not_a_provider_error(
     the adapter (logged with its traceback) and the gateway closes 1011."""
     from adapters.errors import map_transport_exception
     from app.errors import to_gateway_error
-    from tests.adapters.test_stream_sink import ScriptedStream
 
     assert map_transport_exception(bug, "x") is None
-    stream = ScriptedStream("m", StreamOptions(sample_rate=16000))
+    stream = _Bare("m", StreamOptions(sample_rate=16000))
 
     async def broken() -> None:
         raise bug
@@ -275,6 +275,27 @@ async def test_an_unknown_exception_is_a_bug_not_a_provider_error(
     await stream.aclose()
     gateway = to_gateway_error(bug)
     assert gateway.close_code == 1011 and not gateway.retryable
+
+
+class _Bare(SttStream):
+    """A stream with no upstream, to run the error boundary of the base class."""
+
+    provider = "bare"
+
+    async def _start(self) -> None:
+        pass
+
+    async def _send_audio(self, pcm: bytes) -> None:
+        pass
+
+    async def _finalize(self) -> None:
+        pass
+
+    async def _close_stream(self) -> None:
+        self._finish()
+
+    async def _shutdown(self) -> None:
+        pass
 
 
 def test_provider_messages_not_raw_json() -> None:

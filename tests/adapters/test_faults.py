@@ -206,12 +206,17 @@ async def test_one_unusable_message_is_logged_and_skipped(
     assert any("not JSON" in r.getMessage() for r in skipped)
 
 
-def test_logged_messages_are_redacted() -> None:
-    from adapters._ws import redact
+def test_logged_messages_and_reasons_are_redacted() -> None:
+    from websockets.exceptions import InvalidURI
+
+    from adapters.errors import map_transport_exception, redact
 
     text = redact('{"token": "abcdef123456", "url": "wss://x/live?token=s3cr3tvalue"} dg-key',
                   "dg-key")
     assert "abcdef123456" not in text and "s3cr3tvalue" not in text and "dg-key" not in text
+    error = map_transport_exception(InvalidURI("htp://x/v2/live?token=s3cr3tvalue", "scheme"),
+                                    "gladia")
+    assert error is not None and "s3cr3tvalue" not in str(error)
 
 
 # ------------------------------------------------------------ end of stream, every exit
