@@ -196,6 +196,7 @@ def ws_query(model: str, options: StreamOptions) -> dict[str, str]:
 
 class AssemblyAIStream(WebSocketStream):
     provider = PROVIDER
+    stall_window = 10.0  # pongs answer within milliseconds; Turns only while speech flows
     # Audio seconds sent per wall-clock second: AssemblyAI takes real time (1.0); tests of
     # long recordings speed both this and the fake's clock up together.
     pace: ClassVar[float] = 1.0

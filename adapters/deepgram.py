@@ -237,6 +237,8 @@ def listen_query(model: str, options: StreamOptions) -> list[tuple[str, str]]:
 
 class DeepgramStream(WebSocketStream):
     provider = PROVIDER
+    # Deepgram itself gives up on a link silent for this long (NET-0001).
+    stall_window = IDLE_TIMEOUT
 
     def __init__(self, model: str, options: StreamOptions, context: AdapterContext) -> None:
         super().__init__(model, options, context)

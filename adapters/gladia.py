@@ -108,6 +108,7 @@ def close_error(code: int, reason: str) -> ProviderError | None:
 
 class GladiaStream(WebSocketStream):
     provider = PROVIDER
+    stall_window = 10.0  # pongs answer within milliseconds; transcripts only during speech
 
     def __init__(self, model: str, options: StreamOptions, context: AdapterContext,
                  http: httpx.AsyncClient) -> None:

@@ -93,6 +93,7 @@ def error_of(event: dict[str, Any]) -> ProviderError:
 
 class RealtimeStream(WebSocketStream):
     provider = PROVIDER
+    stall_window = 10.0  # pongs answer within milliseconds; events only around speech
 
     def __init__(self, model: str, options: StreamOptions, context: AdapterContext) -> None:
         super().__init__(model, options, context)
