@@ -1,7 +1,8 @@
 """The one table that maps every failure to a close code (shared/API.md §1.5).
 
 Adapters raise `ProviderError` subclasses, ``auth`` raises `AccessDenied`; front-ends only ever
-see `GatewayError`, made here by `to_gateway_error`.
+see `GatewayError`, made here by `to_gateway_error`. Any other exception is a bug (adapters let
+unknown exceptions through unmapped): 1011, logged with its traceback, never retryable.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ PROVIDER_CLOSE_CODES: dict[type[ab.ProviderError], int] = {
     ab.ProviderAuthError: 4502,
     ab.ProviderRateLimited: 4429,
     ab.ProviderTimeout: 4504,
+    ab.ProviderConnectionLost: 4502,  # for every provider, WebSocket or REST
     ab.ProviderProtocolError: 4502,
     ab.ProviderBadRequest: 4400,
     ab.ProviderError: 4502,

@@ -163,8 +163,8 @@ async def test_a_stall_while_audio_flows_is_detected_within_the_window(provider:
 
 async def test_a_provider_answering_only_pongs_is_alive() -> None:
     """Seconds of digital silence: the Deepgram fake says nothing, but answers our pings."""
-    silence = bytes(32000 * 4)  # 4 s, twice the stall window
-    async with upstream("deepgram", stall_timeout=1.5, flush_timeout=3.0) as up:
+    silence = bytes(32000 * 5)  # 5 s, two and a half stall windows
+    async with upstream("deepgram", stall_timeout=2.0, flush_timeout=3.0) as up:
         stream = opened(up)
         await stream.start()
         collected: list[StreamEvent] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from adapters.base import Finalized, StreamEvent, SttStream, Transcript
 
@@ -26,6 +27,7 @@ async def run(stream: SttStream, pcm: bytes, *, rate: int = 16000, frame_ms: int
     that ended the stream, if any.
     """
     events: list[StreamEvent] = []
+    reader: asyncio.Task[None] | None = None
     async with asyncio.timeout(within):
         await stream.start()
         try:
@@ -45,6 +47,10 @@ async def run(stream: SttStream, pcm: bytes, *, rate: int = 16000, frame_ms: int
             await reader
         finally:
             await stream.aclose()
+            if reader is not None:  # e.g. send_audio raised the error that ended the stream
+                reader.cancel()
+                with contextlib.suppress(BaseException):
+                    await reader
     return events
 
 
