@@ -27,7 +27,7 @@ import inspect
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from adapters.errors import ModelNotFound as ModelNotFound
@@ -46,6 +46,7 @@ from adapters.options import ModelInfo as ModelInfo
 from adapters.options import OptionStatus as OptionStatus
 from adapters.options import StreamOptions as StreamOptions
 from adapters.options import check_options as check_options
+from config.settings import LocalEngineSettings
 
 logger = logging.getLogger(__name__)
 
@@ -318,7 +319,10 @@ class AdapterContext:
     base_url: str | None = None
     connect_timeout: float = 10.0
     flush_timeout: float = 10.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    # The local engine's settings (`LocalAdapter` only; None: the defaults).
+    local: LocalEngineSettings | None = None
+    # Seconds of silence before a KeepAlive (`DeepgramAdapter`; None: the provider's default).
+    keepalive_interval: float | None = None
 
 
 class Adapter(ABC):

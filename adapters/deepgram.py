@@ -233,8 +233,7 @@ class DeepgramStream(WebSocketStream):
 
     def __init__(self, model: str, options: StreamOptions, context: AdapterContext) -> None:
         super().__init__(model, options, context)
-        self.keepalive_interval = float(context.extra.get("keepalive_interval",
-                                                          KEEPALIVE_INTERVAL))
+        self.keepalive_interval = context.keepalive_interval or KEEPALIVE_INTERVAL
         self._segmenter = Segmenter(options.interim_results)
         self._last_sent = 0.0
         self._buffered = False  # audio sent since the last Finalize

@@ -54,28 +54,14 @@ class Gateway:
             task.cancel()
 
 
-def _secret(value: object) -> str | None:
-    getter = getattr(value, "get_secret_value", None)
-    return getter() if getter else None
-
-
 def adapter_contexts(settings: Settings) -> dict[str, AdapterContext]:
-    """Each adapter gets only its own settings."""
-    common = {"connect_timeout": settings.provider_connect_timeout,
-              "flush_timeout": settings.provider_flush_timeout}
-    contexts = {
-        "local": AdapterContext(extra={
-            "model_dir": settings.local_model_dir,
-            "compute_type": settings.local_compute_type,
-            "cpu_threads": settings.local_cpu_threads,
-            "decode_workers": settings.local_decode_workers,
-            "download": settings.local_download,
-        }, **common),  # type: ignore[arg-type]
-    }
-    for name in ("deepgram", "assemblyai", "openai", "gladia", "groq"):
-        contexts[name] = AdapterContext(
-            api_key=_secret(getattr(settings, f"{name}_api_key")),
-            base_url=getattr(settings, f"{name}_base_url"), **common)  # type: ignore[arg-type]
+    """Each adapter gets only its own settings: its group of `Settings`, whole and typed."""
+    connect, flush = settings.provider_connect_timeout, settings.provider_flush_timeout
+    contexts = {"local": AdapterContext(local=settings.local, connect_timeout=connect,
+                                        flush_timeout=flush)}
+    for name, provider in settings.providers.items():
+        contexts[name] = AdapterContext(api_key=provider.secret(), base_url=provider.base_url,
+                                        connect_timeout=connect, flush_timeout=flush)
     return contexts
 
 

@@ -3,12 +3,62 @@
 Every gateway setting uses the `SPEECHGATE_` prefix; provider credentials are also read
 under the providers' usual names (`DEEPGRAM_API_KEY`, ...). Nothing reads `os.environ`
 at import time: call `load_settings()`.
+
+The environment is flat (``SPEECHGATE_LOCAL_MODEL_DIR``, ``SPEECHGATE_DEEPGRAM_BASE_URL``):
+`Settings` declares one field per variable. What belongs to one adapter is also offered as
+one typed group, built from those fields: `Settings.local` (`LocalEngineSettings`) and one
+`ProviderSettings` per cloud provider (`Settings.deepgram`, ..., all in
+`Settings.providers`). The gateway hands each adapter its group and nothing else. A group
+may also be given whole in code, ``load_settings(local=LocalEngineSettings(...))``: it then
+replaces every ``local_*`` value.
 """
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, SecretStr
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ProviderSettings(BaseModel):
+    """One cloud provider's settings (``<PROVIDER>_API_KEY``, ``SPEECHGATE_<PROVIDER>_*``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    api_key: SecretStr | None = None
+    base_url: str
+
+    def secret(self) -> str | None:
+        """The API key in clear, for the adapter that sends it upstream."""
+        return self.api_key.get_secret_value() if self.api_key else None
+
+
+class LocalEngineSettings(BaseModel):
+    """The local engine's settings (``SPEECHGATE_LOCAL_*``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    # A CTranslate2 model directory: ``<dir>/<model>/model.bin``, or one model itself.
+    model_dir: str | None = None
+    compute_type: str = "int8"
+    # Threads per decode (CTranslate2 intra-op threads).
+    cpu_threads: int = 1
+    # Concurrent decodes (CTranslate2 workers); each uses `cpu_threads` threads.
+    decode_workers: int = 2
+    # Fetch missing weights from Hugging Face on first use.
+    download: bool = False
+
+
+# Each group given whole (``Settings(local=...)``) -> its model and the prefix of its flat fields.
+_GROUPS: dict[str, tuple[type[BaseModel], str]] = {
+    "local": (LocalEngineSettings, "local_"),
+    "deepgram": (ProviderSettings, "deepgram_"),
+    "assemblyai": (ProviderSettings, "assemblyai_"),
+    "openai": (ProviderSettings, "openai_"),
+    "gladia": (ProviderSettings, "gladia_"),
+    "groq": (ProviderSettings, "groq_"),
+}
 
 
 def _env(name: str) -> AliasChoices:
@@ -55,7 +105,7 @@ class Settings(BaseSettings):
     # xrx's own variable name is accepted too (faster_whisper | groq | deepgram).
     stt_provider: str = Field("faster_whisper", validation_alias=_env("STT_PROVIDER"))
 
-    # --- local engine --------------------------------------------------------------------
+    # --- local engine (`LocalEngineSettings`) ---------------------------------------------
     local_model_dir: str | None = None
     local_compute_type: str = "int8"
     local_cpu_threads: int = 1
@@ -63,7 +113,7 @@ class Settings(BaseSettings):
     local_decode_workers: int = 2
     local_download: bool = False
 
-    # --- providers (credentials under their usual names too) -----------------------------
+    # --- providers (`ProviderSettings`; credentials under their usual names too) ----------
     deepgram_api_key: SecretStr | None = Field(None, validation_alias=_env("DEEPGRAM_API_KEY"))
     deepgram_base_url: str = "wss://api.deepgram.com"
     assemblyai_api_key: SecretStr | None = Field(None, validation_alias=_env("ASSEMBLYAI_API_KEY"))
@@ -77,6 +127,62 @@ class Settings(BaseSettings):
     # Bounded waits on upstreams (seconds).
     provider_connect_timeout: float = 10.0
     provider_flush_timeout: float = 10.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flatten_groups(cls, data: Any) -> Any:
+        """A group given whole (``local=LocalEngineSettings(...)``) sets its flat fields."""
+        if not isinstance(data, dict) or not data.keys() & _GROUPS.keys():
+            return data
+        data = dict(data)
+        for name, (model, prefix) in _GROUPS.items():
+            if name not in data:
+                continue
+            for key, value in model.model_validate(data.pop(name)):
+                field = prefix + key
+                # The group wins over the environment, which may hold the field's aliases.
+                alias = cls.model_fields[field].validation_alias
+                for choice in alias.choices if isinstance(alias, AliasChoices) else [alias]:
+                    if isinstance(choice, str):
+                        data.pop(choice, None)
+                data[field] = value
+        return data
+
+    # --- typed groups: what each adapter is handed -----------------------------------------
+
+    @property
+    def local(self) -> LocalEngineSettings:
+        return LocalEngineSettings(
+            model_dir=self.local_model_dir, compute_type=self.local_compute_type,
+            cpu_threads=self.local_cpu_threads, decode_workers=self.local_decode_workers,
+            download=self.local_download)
+
+    @property
+    def deepgram(self) -> ProviderSettings:
+        return ProviderSettings(api_key=self.deepgram_api_key, base_url=self.deepgram_base_url)
+
+    @property
+    def assemblyai(self) -> ProviderSettings:
+        return ProviderSettings(api_key=self.assemblyai_api_key,
+                                base_url=self.assemblyai_base_url)
+
+    @property
+    def openai(self) -> ProviderSettings:
+        return ProviderSettings(api_key=self.openai_api_key, base_url=self.openai_base_url)
+
+    @property
+    def gladia(self) -> ProviderSettings:
+        return ProviderSettings(api_key=self.gladia_api_key, base_url=self.gladia_base_url)
+
+    @property
+    def groq(self) -> ProviderSettings:
+        return ProviderSettings(api_key=self.groq_api_key, base_url=self.groq_base_url)
+
+    @property
+    def providers(self) -> dict[str, ProviderSettings]:
+        """Every cloud provider's group, by provider name (`adapters.registry.PROVIDERS`)."""
+        return {"deepgram": self.deepgram, "assemblyai": self.assemblyai,
+                "openai": self.openai, "gladia": self.gladia, "groq": self.groq}
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -89,15 +89,14 @@ def adapter_class(provider: str) -> type[Adapter]:
 @contextlib.asynccontextmanager
 async def upstream(provider: str, *, api_key: str | None = None, model: str | None = None,
                    connect_timeout: float = 5.0, flush_timeout: float = 5.0,
-                   extra: dict[str, Any] | None = None, **fake_kw: Any) -> AsyncIterator[Upstream]:
+                   **fake_kw: Any) -> AsyncIterator[Upstream]:
     """Start `provider`'s fake and build its adapter (with `api_key`, default: the right one)."""
     default_model, rate = CLOUD[provider]
     fake, base = make_fake(provider, **fake_kw)
     async with fake:
         key = KEYS[provider] if api_key is None else api_key
         context = AdapterContext(api_key=key, base_url=base(fake),
-                                 connect_timeout=connect_timeout, flush_timeout=flush_timeout,
-                                 extra=extra or {})
+                                 connect_timeout=connect_timeout, flush_timeout=flush_timeout)
         adapter = adapter_class(provider)(context)
         model = model or default_model
         rate = adapter.capabilities(model).input_sample_rate
