@@ -147,7 +147,6 @@ class SttStream(ABC):
         self._input_closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sink: Callable[[StreamEvent], None] | None = None
-        self.audio_seconds_sent = 0.0
 
     # ---- public API (called by the session core) --------------------------------------
 
@@ -159,7 +158,6 @@ class SttStream(ABC):
         """Forward PCM (s16le mono at ``options.sample_rate``); awaits when upstream is slow."""
         if self._input_closed or self._closed:
             raise ProviderProtocolError("audio after end of stream", provider=self.provider)
-        self.audio_seconds_sent += len(pcm) / (BYTES_PER_SAMPLE * self.options.sample_rate)
         await self._guard(self._send_audio(pcm))
 
     async def finalize(self) -> None:
