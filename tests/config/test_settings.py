@@ -173,3 +173,19 @@ def test_settings_and_groups_are_values() -> None:
         settings.local.model_dir = "/elsewhere"
     with pytest.raises(ValidationError):
         settings.local.model_dir = "/elsewhere"
+
+
+@pytest.mark.parametrize("name", ["local", *CLOUD])
+def test_each_group_given_whole_comes_back_whole(name: str) -> None:
+    group: LocalEngineSettings | ProviderSettings
+    if name == "local":
+        group = LocalEngineSettings(model_dir="/m", compute_type="float32", cpu_threads=5,
+                                    decode_workers=6, download=True)
+    else:
+        group = ProviderSettings(api_key=SecretStr(f"{name}-key"), base_url=f"ws://{name}.test")
+    settings = load_settings(**{name: group})
+    assert getattr(settings, name) == group
+    if name != "local":
+        assert settings.providers[name] == group
+        context = adapter_contexts(settings)[name]
+        assert (context.api_key, context.base_url) == (f"{name}-key", f"ws://{name}.test")
