@@ -13,6 +13,7 @@ from adapters.local.adapter import LocalAdapter
 from adapters.registry import PROVIDERS
 from app.gateway import adapter_contexts
 from config import LocalEngineSettings, ProviderSettings, load_settings
+from config import settings as settings_module
 
 CLOUD = ("deepgram", "assemblyai", "openai", "gladia", "groq")
 
@@ -105,8 +106,9 @@ def test_defaults_of_the_groups_match_the_flat_defaults() -> None:
     assert all(group.api_key is None for group in settings.providers.values())
 
 
-def test_every_cloud_provider_has_its_group() -> None:
+def test_every_provider_has_its_group() -> None:
     assert set(load_settings().providers) == set(PROVIDERS) - {"local"}
+    assert set(settings_module._GROUPS) == set(PROVIDERS)  # each may be given whole
 
 
 def test_each_adapter_gets_its_own_typed_group(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -175,7 +177,7 @@ def test_settings_and_groups_are_values() -> None:
         settings.local.model_dir = "/elsewhere"
 
 
-@pytest.mark.parametrize("name", ["local", *CLOUD])
+@pytest.mark.parametrize("name", list(PROVIDERS))
 def test_each_group_given_whole_comes_back_whole(name: str) -> None:
     group: LocalEngineSettings | ProviderSettings
     if name == "local":
