@@ -125,6 +125,21 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+# Lines libraries log at ERROR, with a traceback, for what a client did wrong: the client is
+# told (uvicorn closes 1007), the server is fine, so they are logged at INFO without one.
+CLIENT_FAULTS = ("Invalid UTF-8 sequence received from client.",)
+
+
+class ClientFaultFilter(logging.Filter):
+    """On a library's logger: a client's fault is not the server's error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and record.msg in CLIENT_FAULTS:
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def _context(record: logging.LogRecord) -> dict[str, Any]:
     return {name: getattr(record, name) for name in CONTEXT_FIELDS
             if getattr(record, name, None) is not None}
@@ -209,6 +224,9 @@ def configure_logging(settings: Settings, *, stream: Any = None) -> logging.Hand
         for old_filter in [f for f in logger.filters if isinstance(f, RedactingFilter)]:
             logger.removeFilter(old_filter)
         logger.addFilter(RedactingFilter(redactor, keep_args=keep_args))
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, ClientFaultFilter) for f in uvicorn_error.filters):
+        uvicorn_error.addFilter(ClientFaultFilter())
     return handler
 
 
