@@ -37,7 +37,6 @@ MAX_BODY_BYTES = 200 * 1024 * 1024
 SPOOL_MEMORY_BYTES = 4 * 1024 * 1024  # a larger upload is spooled to a temporary file
 FEED_BYTES = 32_000  # 1 s of 16 kHz PCM per send
 DECODE_RATE = 16000
-DRAIN_SECONDS = 10.0  # an unread body refused early is discarded for at most this long
 PCM_TYPES = ("audio/pcm", "audio/l16", "audio/raw", "audio/x-raw")
 MAX_PARAM_CHARS = 16  # a header parameter value longer than this is refused, not parsed
 
@@ -143,9 +142,9 @@ async def transcribe_file(request: Request) -> Response:
         logger.info("batch client went away before its upload was complete")
         return Response(status_code=400)  # nobody reads it
     except Exception as exc:
-        error = to_gateway_error(exc)
-        await _discard_body(request)  # refused before (or while) reading it
-        return error_response(error)
+        # A body left unread (refused before or while reading it) is discarded by uvicorn
+        # once the answer is sent, so a client still uploading receives the answer.
+        return error_response(to_gateway_error(exc))
 
 
 async def _body_chunks(request: Request, session: Session) -> AsyncIterator[bytes]:
@@ -203,20 +202,6 @@ def _close(chunks: Iterator[DecodedChunk]) -> None:
     close = getattr(chunks, "close", None)
     if close is not None:
         close()
-
-
-async def _discard_body(request: Request) -> None:
-    """Read and drop what is left of a refused upload (bounded), so that a client still
-    sending receives the answer instead of a reset; not when it waits for 100-continue."""
-    if "100-continue" in request.headers.get("expect", "").lower():
-        return
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(DRAIN_SECONDS):
-            total = 0
-            async for chunk in request.stream():
-                total += len(chunk)
-                if total > MAX_BODY_BYTES:
-                    return
 
 
 async def _transcribe(session: Session, req: SessionRequest,

@@ -166,6 +166,17 @@ async def test_bomb_of_undeclared_length_stops_decoding_at_the_cap_and_the_quota
     assert again.response.status_code == 402
 
 
+async def test_pcm_over_the_remaining_quota_is_refused_402_mid_upload(
+        gw: LoggedGateway) -> None:
+    key, _ = await new_key(gw, audio_seconds_per_day=20)
+    minutes = bytes(16000 * 2 * 600)  # the client sends all of it; the server stops at 20 s
+    for attempt in range(2):
+        refused = await post(gw, key, minutes, "audio/pcm;rate=16000", "10 min PCM, 20 s left")
+        assert refused.response.status_code == 402, refused.response.text
+        assert refused.rss_growth < 50 * MiB
+    assert 0 < await used_seconds(gw, key) <= 20
+
+
 @pytest.mark.parametrize("content_type, parameter", [
     ("audio/pcm;rate=" + "9" * 5000, "rate"),
     ("audio/pcm;rate=abc", "rate"),
