@@ -39,7 +39,7 @@ KNOWN_PREFIX = 8  # this many leading characters of a known secret are masked wh
 
 _SECRET_NAME = r"[\w.-]*(?:key|token|secret|password|passwd|auth|signature|sig|credential)[\w.-]*"
 # ?api_key=..., &token=..., ;key=... (also URL-encoded names are plain ASCII here)
-_QUERY = re.compile(rf"([?&;]{_SECRET_NAME}=)[^&\s\"'#;<>]*", re.IGNORECASE)
+_QUERY = re.compile(rf"([?&;]({_SECRET_NAME})=)[^&\s\"'#;<>]*", re.IGNORECASE)
 _HEADER_NAMES = (r"authorization|proxy-authorization|x-api-key|xi-api-key|x-gladia-key|api-key"
                  r"|x-admin-token|sec-websocket-protocol|cookie|set-cookie")
 # "Authorization: Token dg-…" (websockets' handshake lines), "'x-api-key': '…'" (dict reprs),
@@ -47,12 +47,22 @@ _HEADER_NAMES = (r"authorization|proxy-authorization|x-api-key|xi-api-key|x-glad
 _HEADER = re.compile(
     rf"""(\b(?:{_HEADER_NAMES})['"]?\s*[:,=]\s*b?['"]?)[^'"\r\n]*""", re.IGNORECASE)
 # {"api_key": "…"} / {'token': '…'} in JSON or Python reprs of client messages.
-_JSON_FIELD = re.compile(rf"""(["']{_SECRET_NAME}["']\s*:\s*b?["'])[^"'\s,}}]*""", re.IGNORECASE)
+_JSON_FIELD = re.compile(rf"""(["']({_SECRET_NAME})["']\s*:\s*b?["'])[^"'\s,}}]*""",
+                         re.IGNORECASE)
 # Our own secrets, recognisable by their prefix (auth/credentials.py) wherever they appear.
 _OUR_TOKEN = re.compile(r"\b(sg_tok_[A-Za-z0-9_]{1,64}\.)[A-Za-z0-9_\-]+")
 _OUR_KEY = re.compile(r"\b(sg_(?:live|dev|test)_)[A-Za-z0-9_\-]+")
 _URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/@\s:]*:)[^/@\s]+@", re.IGNORECASE)
 _SCHEME = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+")
+
+
+def _mask_value(match: re.Match[str]) -> str:
+    """Mask the value of a secret-named field, but not of an id (``key_id``, ``token_ids``):
+    ids are what a log is for."""
+    name = match.group(2).lower()
+    if name.endswith(("_id", "_ids", "-id")):
+        return match.group(0)
+    return match.group(1) + MASK
 
 
 class Redactor:
@@ -65,9 +75,9 @@ class Redactor:
         text = self._mask_known(text)
         text = _OUR_TOKEN.sub(rf"\g<1>{MASK}", text)
         text = _OUR_KEY.sub(rf"\g<1>{MASK}", text)
-        text = _QUERY.sub(rf"\g<1>{MASK}", text)
+        text = _QUERY.sub(_mask_value, text)
         text = _HEADER.sub(rf"\g<1>{MASK}", text)
-        text = _JSON_FIELD.sub(rf"\g<1>{MASK}", text)
+        text = _JSON_FIELD.sub(_mask_value, text)
         text = _SCHEME.sub(rf"\g<1> {MASK}", text)
         return _URL_PASSWORD.sub(rf"\g<1>{MASK}@", text)
 

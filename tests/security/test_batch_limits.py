@@ -171,7 +171,8 @@ async def test_pcm_over_the_remaining_quota_is_refused_402_mid_upload(
     key, _ = await new_key(gw, audio_seconds_per_day=20)
     minutes = bytes(16000 * 2 * 600)  # the client sends all of it; the server stops at 20 s
     for attempt in range(2):
-        refused = await post(gw, key, minutes, "audio/pcm;rate=16000", "10 min PCM, 20 s left")
+        refused = await post(gw, key, minutes, "audio/pcm;rate=16000",
+                             f"10 min PCM, 20 s left #{attempt + 1}")
         assert refused.response.status_code == 402, refused.response.text
         assert refused.rss_growth < 50 * MiB
     assert 0 < await used_seconds(gw, key) <= 20
