@@ -180,9 +180,16 @@ async def _decoded_body(request: Request, session: Session,
             spool.write(chunk)
         spool.seek(0)
         chunks = decode_audio(spool, DECODE_RATE, chunk_seconds=1.0)
+        pending: asyncio.Future[DecodedChunk | None] | None = None
         try:
             first = True
-            while (decoded := await asyncio.to_thread(_next_chunk, chunks)) is not None:
+            while True:
+                # Shielded: if we are cancelled, the chunk being decoded is let finish (below)
+                # before the decoder and the spool are closed under it.
+                pending = asyncio.ensure_future(asyncio.to_thread(_next_chunk, chunks))
+                decoded = await asyncio.shield(pending)
+                if decoded is None:
+                    break
                 if first and decoded.duration is not None:
                     limits.check(decoded.duration, declared=True)
                 first = False
@@ -191,6 +198,8 @@ async def _decoded_body(request: Request, session: Session,
         except ValueError as exc:
             raise GatewayError(4400, f"invalid audio: {exc}") from None
         finally:
+            if pending is not None and not pending.done():
+                await asyncio.wait({pending}, timeout=10)
             await asyncio.to_thread(_close, chunks)
 
 
@@ -201,7 +210,8 @@ def _next_chunk(chunks: Iterator[DecodedChunk]) -> DecodedChunk | None:
 def _close(chunks: Iterator[DecodedChunk]) -> None:
     close = getattr(chunks, "close", None)
     if close is not None:
-        close()
+        with contextlib.suppress(ValueError):  # still running (a decode over 10 s): left to GC
+            close()
 
 
 async def _transcribe(session: Session, req: SessionRequest,
