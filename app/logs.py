@@ -30,6 +30,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from pydantic import BaseModel
+
 from config import Settings
 
 MASK = "***"
@@ -188,16 +190,28 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-def known_secrets(settings: Settings) -> list[str]:
-    """Every secret value the settings hold (provider keys, admin token, dev key)."""
+def known_secrets(settings: BaseModel) -> list[str]:
+    """Every secret value the settings hold (provider keys, admin token, dev key), in nested
+    groups too."""
     values: list[str] = []
-    for name in type(settings).model_fields:
-        value = getattr(settings, name)
+
+    def walk(value: object) -> None:
         getter = getattr(value, "get_secret_value", None)
         if getter is not None:
             secret = getter()
             if isinstance(secret, str) and secret:
                 values.append(secret)
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name))
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item)
+
+    walk(settings)
     return values
 
 
