@@ -38,6 +38,7 @@ SPOOL_MEMORY_BYTES = 4 * 1024 * 1024  # a larger upload is spooled to a temporar
 FEED_BYTES = 32_000  # 1 s of 16 kHz PCM per send
 DECODE_RATE = 16000
 PCM_TYPES = ("audio/pcm", "audio/l16", "audio/raw", "audio/x-raw")
+DECLARED_MARGIN = 1.1  # a declared length is trusted to within 10 % (estimates)
 MAX_PARAM_CHARS = 16  # a header parameter value longer than this is refused, not parsed
 
 
@@ -108,13 +109,21 @@ class Limits:
         self.quota = quota
 
     def check(self, seconds: float, *, declared: bool = False) -> None:
-        what = "the file declares" if declared else "decoded so far"
+        """Raise 413/402 when `seconds` (decoded so far, or the length the container
+        declares) is over a bound."""
+        if declared:
+            # Some containers only estimate their length (from the bit rate): refuse at once
+            # only what is clearly over; the decoded length is held to the exact bound.
+            what = f"the file declares {seconds:.0f} s"
+            seconds = max(0.0, seconds / DECLARED_MARGIN - 1.0)
+        else:
+            what = f"{seconds:.0f} s decoded so far"
         if seconds > self.cap:
             raise GatewayError(4413, f"audio longer than max_batch_seconds={self.cap:g} "
-                                     f"({seconds:.0f} s {what})", code="payload_too_large")
+                                     f"({what})", code="payload_too_large")
         if self.quota is not None and seconds > self.quota:
             raise GatewayError(4402, f"audio quota exhausted: {self.quota:.0f} s left for this "
-                                     f"key, {seconds:.0f} s {what}", code="quota_exceeded")
+                                     f"key ({what})", code="quota_exceeded")
 
 
 async def transcribe_file(request: Request) -> Response:

@@ -156,6 +156,12 @@ async def test_bomb_of_undeclared_length_stops_decoding_at_the_cap_and_the_quota
     assert refused.rss_growth < 50 * MiB
     assert await used_seconds(gw, key) <= CAP_SECONDS
 
+    # Declared a little over the cap (within the 10 % trusted to estimates): decoded, and
+    # stopped at the exact bound.
+    slightly_over = await post(gw, key, silent_flac(CAP_SECONDS + 5), label="125 s, cap 120 s")
+    assert slightly_over.response.status_code == 413
+    assert "decoded so far" in error(slightly_over)
+
     quota_key, _ = await new_key(gw, audio_seconds_per_day=30)
     refused = await post(gw, quota_key, hidden_bomb, label="hidden bomb, 30 s of quota")
     assert refused.response.status_code == 402 and "30 s left" in error(refused)
