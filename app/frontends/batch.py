@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
@@ -172,7 +172,7 @@ async def _body_chunks(request: Request, session: Session) -> AsyncIterator[byte
 
 
 async def _pcm_body(request: Request, session: Session, rate: int,
-                    limits: Limits) -> AsyncIterator[bytes]:
+                    limits: Limits) -> AsyncGenerator[bytes, None]:
     """Raw PCM, passed on as it arrives."""
     received = 0
     async for chunk in _body_chunks(request, session):
@@ -182,7 +182,7 @@ async def _pcm_body(request: Request, session: Session, rate: int,
 
 
 async def _decoded_body(request: Request, session: Session,
-                        limits: Limits) -> AsyncIterator[bytes]:
+                        limits: Limits) -> AsyncGenerator[bytes, None]:
     """A file: spooled, then decoded one second at a time (in a thread) within the limits."""
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES) as spool:
         async for chunk in _body_chunks(request, session):
@@ -224,14 +224,15 @@ def _close(chunks: Iterator[DecodedChunk]) -> None:
 
 
 async def _transcribe(session: Session, req: SessionRequest,
-                      audio: AsyncIterator[bytes]) -> Response:
+                      audio: AsyncGenerator[bytes, None]) -> Response:
     finals: list[ab.Transcript] = []
     language = req.options.language
 
     async def feed() -> None:
-        async for pcm in audio:
-            for i in range(0, len(pcm), FEED_BYTES):
-                await session.send_audio(pcm[i:i + FEED_BYTES])
+        async with contextlib.aclosing(audio):  # closed (decoder, spool) even if cancelled
+            async for pcm in audio:
+                for i in range(0, len(pcm), FEED_BYTES):
+                    await session.send_audio(pcm[i:i + FEED_BYTES])
         await session.close_stream()
 
     feeder = asyncio.create_task(feed())
