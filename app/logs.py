@@ -97,6 +97,20 @@ class Redactor:
         return text
 
 
+_SESSION_ID = re.compile(r"\bsess_[0-9a-f]{8,32}\b")
+_KEY_ID = re.compile(r"\bkey_[0-9a-f]{8,32}\b")
+
+
+def infer_context(record: logging.LogRecord, message: str) -> None:
+    """Lines written before `log_context` existed ("session sess_…: …", "key key_… …") get
+    their session and key ids as fields too, for the structured format."""
+    for name, pattern in (("session_id", _SESSION_ID), ("key_id", _KEY_ID)):
+        if getattr(record, name, None) is None:
+            match = pattern.search(message)
+            if match:
+                setattr(record, name, match.group(0))
+
+
 class RedactingFilter(logging.Filter):
     """Renders each record's message (and traceback) once, masked.
 
@@ -123,6 +137,7 @@ class RedactingFilter(logging.Filter):
                 message = f"{record.msg!r} % {record.args!r}"
             record.msg = self.redact(message)
             record.args = None
+            infer_context(record, record.msg)
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:

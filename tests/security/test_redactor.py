@@ -66,6 +66,8 @@ def _run(fmt: str) -> list[str]:
             raise ValueError(f"provider rejected admin-token-XYZ-987654321 and {DG}")
         except ValueError:
             log.exception("failed")
+        log.warning("session %s: usage not recorded for %s", "sess_fedcba9876543210fedc",
+                    "key_0011223344556677")
         logging.getLogger("uvicorn.access").info(
             '%s - "%s %s HTTP/%s" %d', "127.0.0.1:1", "GET", "/v1/usage?api_key=sg_live_zz9",
             "1.1", 200)
@@ -89,8 +91,10 @@ def test_text_format_masks_messages_tracebacks_and_the_access_log() -> None:
 def test_json_format_is_one_object_per_line_with_context() -> None:
     lines = _run("json")
     entries = [json.loads(line) for line in lines]
-    assert len(entries) == 3
-    first, second, third = entries
+    assert len(entries) == 4
+    first, second, inferred, third = entries
+    assert inferred["session_id"] == "sess_fedcba9876543210fedc"
+    assert inferred["key_id"] == "key_0011223344556677" and inferred["level"] == "warning"
     assert first["level"] == "info" and first["logger"] == "speechgate.test"
     assert first["session_id"] == "sess_1" and first["key_id"] == "key_2"
     assert first["close_code"] == 4401 and "***" in first["message"]
