@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+import socketio
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -144,6 +145,27 @@ async def exercise(gw: LoggedGateway, admin: str, bad: dict[str, str]) -> dict[s
             await asyncio.wait_for(ws.recv(), 10)
     codes.append(ws.close_code)
     assert codes == [4401] * 5, codes
+
+    # Socket.IO: the key in the auth payload, in a header, in the query; right and wrong.
+    for kind, value, accepted in (("auth", key, True), ("header", gw.dev_key, True),
+                                  ("query", token, True), ("auth", bad["socketio"], False)):
+        client = socketio.AsyncClient(reconnection=False)
+        options: dict[str, object] = {"socketio_path": "/api/stt-realtime-socket",
+                                      "transports": ["websocket"]}
+        url = gw.http_url
+        if kind == "auth":
+            options["auth"] = {"apiKey": value}
+        elif kind == "header":
+            options["headers"] = {"x-api-key": value}
+        else:
+            url += f"?api_key={value}"
+        try:
+            await client.connect(url, **options)  # type: ignore[arg-type]
+            connected = True
+            await client.disconnect()
+        except socketio.exceptions.ConnectionError:
+            connected = False
+        assert connected is accepted, (kind, connected)
     return {"created key": key, "token": token}
 
 
@@ -152,7 +174,8 @@ async def test_no_secret_in_any_log_line_at_debug_level(log_format: str) -> None
     provider_keys = {p: f"{p[:3]}-secret-{secrets.token_hex(16)}" for p in CLOUD}
     admin = "admin-" + secrets.token_urlsafe(24)
     bad = {name: f"wrong{name[:2]}-" + secrets.token_hex(16)
-           for name in ("admin", "query", "token", "bearer", "x-api-key", "message")}
+           for name in ("admin", "query", "token", "bearer", "x-api-key", "message",
+                        "socketio")}
     bad["token"] = "sg_tok_key_0123456789abcdef." + secrets.token_urlsafe(32)
     bad["protocol"] = "sg_live_" + secrets.token_urlsafe(32)
     env = {"SPEECHGATE_LOG_LEVEL": "debug", "SPEECHGATE_ADMIN_TOKEN": admin,
