@@ -146,6 +146,22 @@ async def exercise(gw: LoggedGateway, admin: str, bad: dict[str, str]) -> dict[s
     codes.append(ws.close_code)
     assert codes == [4401] * 5, codes
 
+    # Prosa: the key as its first message {"token": ...}; xrx: the key in the query.
+    prosa = await transcribe(gw.ws_url, SPEECH, path="/v2/speech/stt", end="empty",
+                             before=[json.dumps({"token": key}),
+                                     json.dumps({"model": "local.tiny.en",
+                                                 "audio": {"format": "pcm"}})])
+    assert prosa.close_code == 1000, (prosa.close_code, prosa.close_reason)
+    async with websockets.connect(f"{gw.ws_url}/v2/speech/stt") as ws:
+        await ws.send(json.dumps({"token": bad["prosa"]}))
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await asyncio.wait_for(ws.recv(), 10)
+    assert ws.close_code == 4401
+    xrx = await transcribe(gw.ws_url, SPEECH, path="/api/v1/ws", end="empty",
+                           params={"api_key": key, "mode": "stream"})
+    assert xrx.close_code == 1000 and xrx.messages, (xrx.close_code, xrx.close_reason)
+
     # Socket.IO: the key in the auth payload, in a header, in the query; right and wrong.
     for kind, value, accepted in (("auth", key, True), ("header", gw.dev_key, True),
                                   ("query", token, True), ("auth", bad["socketio"], False)):
@@ -175,7 +191,7 @@ async def test_no_secret_in_any_log_line_at_debug_level(log_format: str) -> None
     admin = "admin-" + secrets.token_urlsafe(24)
     bad = {name: f"wrong{name[:2]}-" + secrets.token_hex(16)
            for name in ("admin", "query", "token", "bearer", "x-api-key", "message",
-                        "socketio")}
+                        "socketio", "prosa")}
     bad["token"] = "sg_tok_key_0123456789abcdef." + secrets.token_urlsafe(32)
     bad["protocol"] = "sg_live_" + secrets.token_urlsafe(32)
     env = {"SPEECHGATE_LOG_LEVEL": "debug", "SPEECHGATE_ADMIN_TOKEN": admin,
