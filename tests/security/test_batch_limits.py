@@ -134,6 +134,36 @@ async def test_bomb_from_a_key_with_no_quota_left_is_refused_402_before_reading(
     assert refused.rss_growth < 50 * MiB
 
 
+def _answer_before_body(port: int, key: str) -> bytes:
+    """Announce 100 MB, send 10 bytes, and wait for the answer (the body never comes)."""
+    with socket.create_connection(("127.0.0.1", port), 10) as sock:
+        sock.sendall(b"POST /v1/transcribe HTTP/1.1\r\nHost: x\r\nX-API-Key: " + key.encode()
+                     + b"\r\nContent-Type: audio/flac\r\nContent-Length: 100000000\r\n\r\n"
+                     + b"fLaC" + bytes(6))
+        sock.settimeout(10)
+        return sock.recv(65536)
+
+
+async def test_refusals_come_before_the_body_is_read(gw: LoggedGateway) -> None:
+    """The answer arrives while the client has sent 10 of the 100 MB it announced: the key,
+    its quota and its concurrency were judged before a byte of the body was needed."""
+    used_up, _ = await new_key(gw, audio_seconds_per_day=1)
+    spend = await post(gw, used_up, SPEECH[:32000], "audio/pcm;rate=16000", "1 s PCM")
+    assert spend.response.status_code == 200, spend.response.text  # the quota, used up
+    answer = await asyncio.to_thread(_answer_before_body, gw.port, used_up)
+    assert answer.startswith(b"HTTP/1.1 402 "), answer[:200]
+    answer = await asyncio.to_thread(_answer_before_body, gw.port, "sg_live_" + "x" * 43)
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+
+    one_stream, _ = await new_key(gw, max_concurrent_streams=1)
+    holder = asyncio.create_task(asyncio.to_thread(_hang_up_mid_upload, gw.port, one_stream,
+                                                   "audio/flac", b"fLaC"))
+    await asyncio.sleep(0.2)  # the first upload holds the key's one stream
+    answer = await asyncio.to_thread(_answer_before_body, gw.port, one_stream)
+    await holder
+    assert answer.startswith(b"HTTP/1.1 429 "), answer[:200]
+
+
 async def test_bomb_over_the_cap_is_refused_413_from_its_declared_length(
         gw: LoggedGateway, bomb: bytes) -> None:
     key, _ = await new_key(gw, max_concurrent_streams=1)
