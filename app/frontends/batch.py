@@ -108,14 +108,17 @@ class Limits:
         self.cap = cap
         self.quota = quota
 
-    def check(self, seconds: float, *, declared: bool = False) -> None:
-        """Raise 413/402 when `seconds` (decoded so far, or the length the container
-        declares) is over a bound."""
+    def check(self, seconds: float, *, declared: bool = False,
+              announced: bool = False) -> None:
+        """Raise 413/402 when `seconds` (decoded so far, the length the container declares,
+        or the raw PCM the Content-Length announces) is over a bound."""
         if declared:
             # Some containers only estimate their length (from the bit rate): refuse at once
             # only what is clearly over; the decoded length is held to the exact bound.
             what = f"the file declares {seconds:.0f} s"
             seconds = max(0.0, seconds / DECLARED_MARGIN - 1.0)
+        elif announced:
+            what = f"Content-Length announces {seconds:.0f} s of PCM"
         else:
             what = f"{seconds:.0f} s decoded so far"
         if seconds > self.cap:
@@ -143,6 +146,9 @@ async def transcribe_file(request: Request) -> Response:
             limits = Limits(gateway.settings.max_batch_seconds,
                             remaining_quota(session.admission))
             if rate is not None:
+                length = request.headers.get("content-length", "")
+                if length.isdigit() and len(length) < 16:  # refused before any work
+                    limits.check(int(length) / (BYTES_PER_SAMPLE * rate), announced=True)
                 audio = _pcm_body(request, session, rate, limits)
             else:
                 audio = _decoded_body(request, session, limits)

@@ -12,7 +12,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -207,16 +207,30 @@ async def test_bomb_of_undeclared_length_stops_decoding_at_the_cap_and_the_quota
     assert again.response.status_code == 402
 
 
-async def test_pcm_over_the_remaining_quota_is_refused_402_mid_upload(
-        gw: LoggedGateway) -> None:
+async def test_pcm_over_the_remaining_quota_is_refused_402(gw: LoggedGateway) -> None:
     key, _ = await new_key(gw, audio_seconds_per_day=20)
-    minutes = bytes(16000 * 2 * 600)  # the client sends all of it; the server stops at 20 s
+    minutes = bytes(16000 * 2 * 100)  # under the cap, over the quota
+    # Its Content-Length says 100 s: refused before any work, nothing charged.
+    announced = await post(gw, key, minutes, "audio/pcm;rate=16000", "100 s PCM, 20 s left")
+    assert announced.response.status_code == 402, announced.response.text
+    assert "announces 100 s" in error(announced)
+    assert await used_seconds(gw, key) == 0
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: only counting tells
+        for i in range(0, len(minutes), 64_000):
+            yield minutes[i:i + 64_000]
+
     for attempt in range(2):
-        refused = await post(gw, key, minutes, "audio/pcm;rate=16000",
-                             f"10 min PCM, 20 s left #{attempt + 1}")
-        assert refused.response.status_code == 402, refused.response.text
-        assert refused.rss_growth < 50 * MiB
-    assert 0 < await used_seconds(gw, key) <= 20
+        async with httpx.AsyncClient(base_url=gw.http_url, timeout=60) as http:
+            with RssPeak(gw.process.pid) as rss:
+                response = await http.post(
+                    "/v1/transcribe", content=chunked(),
+                    headers={"X-API-Key": key, "Content-Type": "audio/pcm;rate=16000"})
+        print(f"\n100 s chunked PCM, 20 s left #{attempt + 1}: HTTP {response.status_code}, "
+              f"RSS +{rss.growth / MiB:.1f} MiB")
+        assert response.status_code == 402, response.text
+        assert rss.growth < 50 * MiB
+    assert 0 < await used_seconds(gw, key) <= 20  # what was sent within the quota
 
 
 @pytest.mark.parametrize("content_type, parameter", [
@@ -240,11 +254,13 @@ async def test_bad_content_type_parameters_are_400_naming_them(
     assert f"parameter {parameter}" in message and len(message) < 200
 
 
-def _hang_up_mid_upload(port: int, key: str, content_type: str, head: bytes) -> None:
+def _hang_up_mid_upload(port: int, key: str, content_type: str, head: bytes,
+                        length: int = 3_000_000) -> None:
+    """Announce `length` bytes (for PCM, 94 s: within the limits), send `head`, hang up."""
     with socket.create_connection(("127.0.0.1", port), 10) as sock:
         sock.sendall(b"POST /v1/transcribe HTTP/1.1\r\nHost: x\r\nX-API-Key: " + key.encode()
                      + b"\r\nContent-Type: " + content_type.encode()
-                     + b"\r\nContent-Length: 10000000\r\n\r\n" + head)
+                     + f"\r\nContent-Length: {length}\r\n\r\n".encode() + head)
         time.sleep(0.5)
 
 
