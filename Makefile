@@ -59,6 +59,7 @@ bench: install-test system-deps
 	$(PY) -m bench.bench_local
 	$(PY) -m bench.bench_relay
 	$(PY) -m bench.bench_auth
+	$(PY) -m bench.bench_fuzz
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

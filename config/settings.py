@@ -15,7 +15,7 @@ replaces every ``local_*`` value.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
+    # "text" (default) or "json": one JSON object per line (app/logs.py); never a secret.
+    log_format: Literal["text", "json"] = "text"
     # Seconds given to open sessions to finish when the server shuts down (close 1012 after).
     drain_seconds: float = 5.0
 
@@ -84,6 +86,8 @@ class Settings(BaseSettings):
     auth_timeout: float = 5.0
     max_session_seconds: float = 3 * 3600.0
     max_frame_bytes: int = 1024 * 1024
+    # POST /v1/transcribe: longest decoded audio accepted (413 beyond; decoding stops there).
+    max_batch_seconds: float = Field(3 * 3600.0, gt=0)
     # Fallback: seconds of most recent audio kept to replay into a fallback provider.
     replay_seconds: float = 30.0
 
