@@ -72,7 +72,7 @@ def adapter_contexts(settings: Settings) -> dict[str, AdapterContext]:
             "download": settings.local_download,
         }, **common),  # type: ignore[arg-type]
     }
-    for name in ("deepgram", "assemblyai", "openai", "gladia", "groq"):
+    for name in ("deepgram", "assemblyai", "openai", "gladia", "groq", "soniox", "elevenlabs"):
         contexts[name] = AdapterContext(
             api_key=_secret(getattr(settings, f"{name}_api_key")),
             base_url=getattr(settings, f"{name}_base_url"), **common)  # type: ignore[arg-type]

@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     gladia_base_url: str = "https://api.gladia.io"
     groq_api_key: SecretStr | None = Field(None, validation_alias=_env("GROQ_API_KEY"))
     groq_base_url: str = "https://api.groq.com/openai/v1"
+    soniox_api_key: SecretStr | None = Field(None, validation_alias=_env("SONIOX_API_KEY"))
+    soniox_base_url: str = "wss://stt-rt.soniox.com"
+    elevenlabs_api_key: SecretStr | None = Field(None, validation_alias=_env("ELEVENLABS_API_KEY"))
+    # The realtime WebSocket is derived from it (https -> wss).
+    elevenlabs_base_url: str = "https://api.elevenlabs.io"
     # Bounded waits on upstreams (seconds).
     provider_connect_timeout: float = 10.0
     provider_flush_timeout: float = 10.0

@@ -20,9 +20,11 @@ CLOUD: dict[str, tuple[str, int]] = {
     "openai": ("gpt-4o-transcribe", 24000),
     "gladia": ("solaria-1", 16000),
     "groq": ("whisper-large-v3-turbo", 16000),
+    "soniox": ("stt-rt-v4", 16000),
 }
 KEYS = {"deepgram": "dg-test-key", "assemblyai": "aai-test-key", "openai": "sk-test-key",
-        "gladia": "gladia-test-key", "groq": "gsk_test_key"}
+        "gladia": "gladia-test-key", "groq": "gsk_test_key", "soniox": "soniox-test-key",
+        "elevenlabs": "xi-test-key"}
 
 
 @dataclass
@@ -73,6 +75,14 @@ def make_fake(provider: str, **kw: Any) -> tuple[Any, Any]:
         from tests.fakes.groq import FakeGroq
 
         return FakeGroq(**kw), lambda f: f.base_url
+    if provider == "soniox":
+        from tests.fakes.soniox import FakeSoniox
+
+        return FakeSoniox(**kw), lambda f: f.url
+    if provider == "elevenlabs":
+        from tests.fakes.elevenlabs import FakeElevenLabs
+
+        return FakeElevenLabs(**kw), lambda f: f.http_url
     raise ValueError(provider)
 
 
