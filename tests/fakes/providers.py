@@ -21,6 +21,7 @@ CLOUD: dict[str, tuple[str, int]] = {
     "gladia": ("solaria-1", 16000),
     "groq": ("whisper-large-v3-turbo", 16000),
     "soniox": ("stt-rt-v4", 16000),
+    "elevenlabs": ("scribe_v2_realtime", 16000),
 }
 KEYS = {"deepgram": "dg-test-key", "assemblyai": "aai-test-key", "openai": "sk-test-key",
         "gladia": "gladia-test-key", "groq": "gsk_test_key", "soniox": "soniox-test-key",
