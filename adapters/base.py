@@ -113,8 +113,19 @@ class ProviderWarning:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class TurnEvent:
+    """A turn-taking signal for voice agents (Deepgram Flux): ``eager_end_of_turn`` (the
+    speaker has probably finished: a reply can be prepared) or ``turn_resumed`` (they went on:
+    drop it). ``confidence`` is the provider's end-of-turn confidence."""
+
+    event: str
+    turn_index: int
+    confidence: float | None = None
+
+
 StreamEvent = (SpeechStarted | Transcript | UtteranceEnd | Finalized | ProviderUsage
-               | ProviderWarning)
+               | ProviderWarning | TurnEvent)
 
 
 # ------------------------------------------------------------------------------- streams

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+from adapters._silence import SilenceClock
 from adapters._ws import FINALIZE_QUIET, WebSocketStream
 from adapters.base import (
     BYTES_PER_SAMPLE,
@@ -133,27 +134,6 @@ def ws_url(base: str, model: str, options: StreamOptions) -> str:
     query.extend(("keyterms", term) for term in options.custom_vocabulary)
     return urlunsplit((scheme, parts.netloc, parts.path + "/v1/speech-to-text/realtime",
                        urlencode(query), ""))
-
-
-class SilenceClock:
-    """Maps provider time (which includes our keepalive silence) back to stream time."""
-
-    def __init__(self) -> None:
-        self.provider_seconds = 0.0
-        self._inserted: list[tuple[float, float]] = []  # (provider time, seconds inserted)
-
-    def advance(self, seconds: float, *, inserted: bool = False) -> None:
-        if inserted:
-            self._inserted.append((self.provider_seconds, seconds))
-        self.provider_seconds += seconds
-
-    def to_stream(self, t: float) -> float:
-        shift = 0.0
-        for at, seconds in self._inserted:
-            if at >= t:
-                break
-            shift += min(seconds, t - at)
-        return round(t - shift, 3)
 
 
 # ------------------------------------------------------------------------------- stream

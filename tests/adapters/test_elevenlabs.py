@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from adapters._silence import SilenceClock
 from adapters.base import (
     Finalized,
     ProviderAuthError,
@@ -22,7 +23,7 @@ from adapters.base import (
     StreamOptions,
     Transcript,
 )
-from adapters.elevenlabs import ERRORS, SilenceClock, error_of, parse_committed, ws_url
+from adapters.elevenlabs import ERRORS, error_of, parse_committed, ws_url
 from tests.fakes.driver import check_segments, final_text, finals, run
 from tests.fakes.providers import upstream
 from tests.speech import BECKETT_TEXT, pcm

@@ -57,9 +57,9 @@ class Upstream:
 def make_fake(provider: str, **kw: Any) -> tuple[Any, Any]:
     """The fake for `provider` and a function giving its base URL once started."""
     if provider == "deepgram":
-        from tests.fakes.deepgram import FakeDeepgram
+        from tests.fakes.deepgram_flux import FakeDeepgramFlux  # v1 and Flux (/v2/listen)
 
-        return FakeDeepgram(**kw), lambda f: f.url
+        return FakeDeepgramFlux(**kw), lambda f: f.url
     if provider == "assemblyai":
         from tests.fakes.assemblyai import FakeAssemblyAI
 
