@@ -117,3 +117,18 @@ async def test_upstream_faults_reach_the_client(provider: str, model: str | None
     assert "test-key" not in result.close_reason  # no credential in a close reason
     errors = result.of_type("error")
     assert errors and errors[-1]["code"]
+
+
+@pytest.mark.parametrize("model", ["gpt-live-transcribe", "gpt-realtime-whisper"])
+async def test_openai_models_without_server_vad_give_a_final_per_turn(model: str) -> None:
+    async with upstream("openai", model=model) as up:
+        with running_gateway(**up.settings()) as gw:
+            result = await transcribe(gw.ws_url, AUDIO, key=gw.dev_key,
+                                      params={"model": f"openai.{model}",
+                                              "output_format": "json"})
+        async with asyncio.timeout(5):
+            await up.sessions_closed()
+    assert result.close_code == 1000, (result.close_code, result.close_reason)
+    assert result.final_text() == BECKETT_TEXT
+    # Without our VAD's commits these models give one final, at the end of the session.
+    assert len(result.finals()) >= 3
