@@ -76,6 +76,7 @@ def adapter_contexts(settings: Settings) -> dict[str, AdapterContext]:
         contexts[name] = AdapterContext(
             api_key=_secret(getattr(settings, f"{name}_api_key")),
             base_url=getattr(settings, f"{name}_base_url"), **common)  # type: ignore[arg-type]
+    contexts["groq"].extra["merge_wait"] = settings.groq_merge_wait
     return contexts
 
 

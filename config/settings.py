@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     gladia_base_url: str = "https://api.gladia.io"
     groq_api_key: SecretStr | None = Field(None, validation_alias=_env("GROQ_API_KEY"))
     groq_base_url: str = "https://api.groq.com/openai/v1"
+    # Groq bills each request as >= 10 s: hold a short utterance up to this many seconds so
+    # the next ones can join its upload (0 disables; see docs/providers.md).
+    groq_merge_wait: float = 2.0
     soniox_api_key: SecretStr | None = Field(None, validation_alias=_env("SONIOX_API_KEY"))
     soniox_base_url: str = "wss://stt-rt.soniox.com"
     elevenlabs_api_key: SecretStr | None = Field(None, validation_alias=_env("ELEVENLABS_API_KEY"))
