@@ -132,3 +132,20 @@ async def test_openai_models_without_server_vad_give_a_final_per_turn(model: str
     assert result.final_text() == BECKETT_TEXT
     # Without our VAD's commits these models give one final, at the end of the session.
     assert len(result.finals()) >= 3
+
+
+def test_credentials_and_base_urls_reach_their_adapters(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.gateway import adapter_contexts
+    from config import load_settings
+
+    monkeypatch.setenv("SONIOX_API_KEY", "sx-from-env")
+    monkeypatch.setenv("SPEECHGATE_ELEVENLABS_API_KEY", "xi-from-env")
+    monkeypatch.setenv("SPEECHGATE_ELEVENLABS_BASE_URL", "https://api.eu.residency.elevenlabs.io")
+    monkeypatch.setenv("SPEECHGATE_GROQ_MERGE_WAIT", "0")
+    contexts = adapter_contexts(load_settings())
+    assert contexts["soniox"].api_key == "sx-from-env"
+    assert contexts["soniox"].base_url == "wss://stt-rt.soniox.com"
+    assert contexts["elevenlabs"].api_key == "xi-from-env"
+    assert contexts["elevenlabs"].base_url == "https://api.eu.residency.elevenlabs.io"
+    assert contexts["groq"].extra["merge_wait"] == 0.0
+    assert "sx-from-env" not in repr(load_settings())  # a secret, never printed
