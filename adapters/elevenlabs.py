@@ -47,6 +47,9 @@ MAX_CHUNK_MS = 250
 # (and take it back out of the provider's timestamps).
 KEEPALIVE_INTERVAL = 5.0
 KEEPALIVE_MS = 100
+# After a manual commit with no segment open, an answer that does not come within this long
+# means there was nothing to commit (the tail was already VAD-committed).
+NO_ANSWER_WAIT = 1.0
 # keyterms: at most 50, each at most 20 characters (SDK `_RealtimeSharedOptions.keyterms`).
 MAX_KEYTERMS = 50
 MAX_KEYTERM_CHARS = 20
@@ -229,15 +232,15 @@ class ElevenLabsStream(WebSocketStream):
         self._buffered = False
         self._committing = True
         await self._chunk(b"", commit=True)
+        self._arm_quiet(NO_ANSWER_WAIT)
 
     async def _finalize(self) -> None:
-        if not self._buffered:
-            await self._close_segment(None)
-            self._expect_finalized()
-            await self._finalized()
-            return
         self._expect_finalized()
-        await self._commit()
+        if self._buffered:
+            await self._commit()
+        elif not self._committing:  # nothing sent since our last commit was answered
+            await self._finalized()
+        # else: the commit in flight covers everything; its answer acknowledges this too
 
     async def _close_stream(self) -> None:
         # Commit the tail, wait for its committed transcript, then close ourselves.
@@ -263,11 +266,15 @@ class ElevenLabsStream(WebSocketStream):
                 await self._emit(Transcript(f"el-{self._index}", False, text, self._last_end,
                                             max(self._last_end, now)))
         elif kind == "committed_transcript_with_timestamps":
-            await self._close_segment(parse_committed(message))
+            committed = parse_committed(message)
+            open_before = self._partial_sent
+            await self._close_segment(committed)
             if self._committing:
                 # A commit has no marked answer and a VAD commit may be in flight before
-                # ours: a committed transcript followed by quiet answers it.
-                self._arm_quiet()
+                # ours: a committed transcript followed by quiet answers it. An empty one
+                # with nothing open is ours (VAD commits only close speech).
+                self._arm_quiet(0.0 if not (committed.text or open_before)
+                                else FINALIZE_QUIET)
         elif kind == "warning":
             await self._emit(ProviderWarning("provider_warning",
                                              str(message.get("warning") or "")[:200]))
@@ -278,10 +285,10 @@ class ElevenLabsStream(WebSocketStream):
         # `session_started`, the plain `committed_transcript` (its timestamped twin follows)
         # and the optional entity/redaction events carry nothing we relay.
 
-    def _arm_quiet(self) -> None:
+    def _arm_quiet(self, delay: float) -> None:
         self._cancel_quiet()
         self._quiet = asyncio.get_running_loop().call_later(
-            FINALIZE_QUIET, lambda: self._spawn(self._commit_answered(), "commit-answered"))
+            delay, lambda: self._spawn(self._commit_answered(), "commit-answered"))
 
     def _cancel_quiet(self) -> None:
         if self._quiet is not None:
@@ -290,6 +297,8 @@ class ElevenLabsStream(WebSocketStream):
 
     async def _commit_answered(self) -> None:
         self._quiet = None
+        if self._partial_sent or not self._committing:
+            return  # a segment is open: its committed transcript re-arms the wait
         self._committing = False
         await self._finalized()
         if self._closing:

@@ -107,6 +107,19 @@ async def test_stream_speaks_the_protocol() -> None:
     assert log.close_code == 1000
 
 
+@pytest.mark.parametrize("answer_empty_commits", [True, False])
+async def test_the_end_of_stream_needs_no_answer_to_an_empty_commit(
+        answer_empty_commits: bool) -> None:
+    """The audio ends right after "better.", which VAD commits; the closing commit then has
+    nothing new, and whether or not ElevenLabs answers it, the stream ends cleanly."""
+    async with upstream("elevenlabs", answer_empty_commits=answer_empty_commits) as up:
+        stream = up.adapter.open_stream(up.model, StreamOptions())
+        events = await run(stream, AUDIO, within=15)
+        log = await up.fake.wait_closed()
+    assert final_text(events) == BECKETT_TEXT
+    assert log.close_code == 1000 and log.messages[-1]["commit"] is True
+
+
 async def test_finalize_commits_and_is_answered_after_its_final() -> None:
     async with upstream("elevenlabs") as up:
         stream = up.adapter.open_stream(up.model, StreamOptions())

@@ -43,8 +43,11 @@ class FakeElevenLabs(WsFake):
 
     def __init__(self, *, api_key: str = "xi-test-key", text: str = BECKETT_TEXT,
                  speech_seconds: float = BECKETT_SECONDS, idle_timeout: float = 15.0,
-                 fault: str | None = None) -> None:
+                 fault: str | None = None, answer_empty_commits: bool = True) -> None:
         super().__init__()
+        # Whether a manual commit with nothing new gets an (empty) committed transcript;
+        # undocumented, so the adapter must cope with either.
+        self.answer_empty_commits = answer_empty_commits
         self.api_key = api_key
         self.text = text
         self.speech_seconds = speech_seconds
@@ -177,6 +180,8 @@ class _Session:
 
     async def commit(self) -> None:
         words, self.open = self.open, []
+        if not words and not self.fake.answer_empty_commits:
+            return
         text = " ".join(w.text for w in words)
         await self.send({"message_type": "committed_transcript", "text": text})
         if self.timestamps:
