@@ -229,7 +229,11 @@ class FluxStream(WebSocketStream):
             await self._end_turn(info, answers_force=self._answers_force(raw))
             return
         if self._turn is None and not info.transcript and info.event == "Update":
-            return  # between turns: Flux reports on silence
+            # Between turns Flux reports on silence. Once it has reported on all the audio
+            # sent before our ForceEndTurn with no turn open, that had nothing to end.
+            if self._force_at is not None and raw.end >= self._force_at - CHUNK_MS / 2000:
+                await self._force_answered()
+            return
         self._turn = info
         if info.transcript and self.options.interim_results:
             await self._emit(self._transcript(info, is_final=False))
@@ -243,10 +247,14 @@ class FluxStream(WebSocketStream):
             await self._emit(self._transcript(info, is_final=True))
             await self._emit(UtteranceEnd(info.words[-1].end if info.words else info.end))
         if answers_force:
-            self._force_at = None
-            await self._finalized()
-            if self._closing:
-                await self._send_json({"type": "CloseStream"})
+            await self._force_answered()
+
+    async def _force_answered(self) -> None:
+        self._force_at = None
+        await self._finalized()
+        if self._closing:
+            self._closing = False
+            await self._send_json({"type": "CloseStream"})
 
     def _in_stream_time(self, info: TurnInfo) -> TurnInfo:
         to = self._clock.to_stream

@@ -222,3 +222,46 @@ async def test_the_official_sdk_drives_the_flux_fake() -> None:
     events = [getattr(m, "event", None) for m in received]
     assert type(received[0]).__name__ == "ListenV2Connected"
     assert {"StartOfTurn", "Update", "EndOfTurn"} <= set(events)
+
+
+async def test_force_end_turn_overtaken_by_a_natural_end_of_turn_still_closes() -> None:
+    """The turn ends by itself (EndOfTurn, trigger model) before Flux reads our ForceEndTurn,
+    which then has nothing to end and gets no answer: once Flux has reported on all the audio
+    sent before it, the stream goes on to CloseStream, without waiting for the deadline."""
+    from adapters.base import AdapterContext
+    from adapters.deepgram_flux import FluxStream
+
+    stream = FluxStream("flux-general-en", StreamOptions(), AdapterContext(flush_timeout=30))
+    sent: list[str] = []
+
+    async def send_json(message: dict[str, object]) -> None:
+        sent.append(str(message["type"]))
+
+    stream._send_json = send_json  # type: ignore[method-assign]
+    stream._clock.advance(3.0)  # 3 s of audio went out
+    turn = {"type": "TurnInfo", "turn_index": 0, "audio_window_start": 0.5,
+            "transcript": "Ever tried.", "end_of_turn_confidence": 0.3,
+            "words": [{"word": "Ever", "confidence": 0.9, "start": 0.6, "end": 0.9},
+                      {"word": "tried.", "confidence": 0.9, "start": 1.0, "end": 1.5}]}
+    try:
+        await stream._on_message({**turn, "event": "StartOfTurn", "audio_window_end": 1.5})
+        await stream.close_stream()
+        assert sent == ["ForceEndTurn"]
+        await stream._on_message({**turn, "event": "EndOfTurn", "trigger": "model",
+                                  "audio_window_end": 2.0})
+        assert sent == ["ForceEndTurn"]  # covers 2.0 s of 3: not the answer
+        await stream._on_message({"type": "TurnInfo", "event": "Update", "turn_index": 1,
+                                  "audio_window_start": 2.0, "audio_window_end": 2.6,
+                                  "transcript": "", "words": []})
+        assert sent == ["ForceEndTurn"]  # not all the audio yet
+        await stream._on_message({"type": "TurnInfo", "event": "Update", "turn_index": 1,
+                                  "audio_window_start": 2.0, "audio_window_end": 3.0,
+                                  "transcript": "", "words": []})
+        assert sent == ["ForceEndTurn", "CloseStream"]
+        events = []
+        while not stream._events.empty():
+            events.append(stream._events.get_nowait())
+        assert [e.text for e in events if isinstance(e, Transcript) and e.is_final] == [
+            "Ever tried."]
+    finally:
+        await stream.aclose()
