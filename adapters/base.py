@@ -114,8 +114,19 @@ class ProviderWarning:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class TurnEvent:
+    """A turn-taking signal for voice agents (Deepgram Flux): ``eager_end_of_turn`` (the
+    speaker has probably finished: a reply can be prepared) or ``turn_resumed`` (they went on:
+    drop it). ``confidence`` is the provider's end-of-turn confidence."""
+
+    event: str
+    turn_index: int
+    confidence: float | None = None
+
+
 StreamEvent = (SpeechStarted | Transcript | UtteranceEnd | Finalized | ProviderUsage
-               | ProviderWarning)
+               | ProviderWarning | TurnEvent)
 
 
 # ------------------------------------------------------------------------------- streams
@@ -321,6 +332,8 @@ class AdapterContext:
     local: LocalEngineSettings | None = None
     # Seconds of silence before a KeepAlive (`DeepgramAdapter`; None: the provider's default).
     keepalive_interval: float | None = None
+    # Seconds a short utterance may wait to share an upload (`GroqAdapter`; 0: never).
+    merge_wait: float = 0.0
 
 
 class Adapter(ABC):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -62,6 +63,7 @@ def adapter_contexts(settings: Settings) -> dict[str, AdapterContext]:
     for name, provider in settings.providers.items():
         contexts[name] = AdapterContext(api_key=provider.secret(), base_url=provider.base_url,
                                         connect_timeout=connect, flush_timeout=flush)
+    contexts["groq"] = dataclasses.replace(contexts["groq"], merge_wait=settings.groq_merge_wait)
     return contexts
 
 

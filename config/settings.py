@@ -58,6 +58,8 @@ _GROUPS: dict[str, tuple[type[BaseModel], str]] = {
     "openai": (ProviderSettings, "openai_"),
     "gladia": (ProviderSettings, "gladia_"),
     "groq": (ProviderSettings, "groq_"),
+    "soniox": (ProviderSettings, "soniox_"),
+    "elevenlabs": (ProviderSettings, "elevenlabs_"),
 }
 
 
@@ -128,6 +130,14 @@ class Settings(BaseSettings):
     gladia_base_url: str = "https://api.gladia.io"
     groq_api_key: SecretStr | None = Field(None, validation_alias=_env("GROQ_API_KEY"))
     groq_base_url: str = "https://api.groq.com/openai/v1"
+    # Groq bills each request as >= 10 s: hold a short utterance up to this many seconds so
+    # the next ones can join its upload (0 disables; see docs/providers.md).
+    groq_merge_wait: float = 2.0
+    soniox_api_key: SecretStr | None = Field(None, validation_alias=_env("SONIOX_API_KEY"))
+    soniox_base_url: str = "wss://stt-rt.soniox.com"
+    elevenlabs_api_key: SecretStr | None = Field(None, validation_alias=_env("ELEVENLABS_API_KEY"))
+    # The realtime WebSocket is derived from it (https -> wss).
+    elevenlabs_base_url: str = "https://api.elevenlabs.io"
     # Bounded waits on upstreams (seconds).
     provider_connect_timeout: float = 10.0
     provider_flush_timeout: float = 10.0
@@ -183,10 +193,20 @@ class Settings(BaseSettings):
         return ProviderSettings(api_key=self.groq_api_key, base_url=self.groq_base_url)
 
     @property
+    def soniox(self) -> ProviderSettings:
+        return ProviderSettings(api_key=self.soniox_api_key, base_url=self.soniox_base_url)
+
+    @property
+    def elevenlabs(self) -> ProviderSettings:
+        return ProviderSettings(api_key=self.elevenlabs_api_key,
+                                base_url=self.elevenlabs_base_url)
+
+    @property
     def providers(self) -> dict[str, ProviderSettings]:
         """Every cloud provider's group, by provider name (`adapters.registry.PROVIDERS`)."""
         return {"deepgram": self.deepgram, "assemblyai": self.assemblyai,
-                "openai": self.openai, "gladia": self.gladia, "groq": self.groq}
+                "openai": self.openai, "gladia": self.gladia, "groq": self.groq,
+                "soniox": self.soniox, "elevenlabs": self.elevenlabs}
 
 
 def load_settings(**overrides: object) -> Settings:

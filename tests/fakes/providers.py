@@ -20,9 +20,12 @@ CLOUD: dict[str, tuple[str, int]] = {
     "openai": ("gpt-4o-transcribe", 24000),
     "gladia": ("solaria-1", 16000),
     "groq": ("whisper-large-v3-turbo", 16000),
+    "soniox": ("stt-rt-v4", 16000),
+    "elevenlabs": ("scribe_v2_realtime", 16000),
 }
 KEYS = {"deepgram": "dg-test-key", "assemblyai": "aai-test-key", "openai": "sk-test-key",
-        "gladia": "gladia-test-key", "groq": "gsk_test_key"}
+        "gladia": "gladia-test-key", "groq": "gsk_test_key", "soniox": "soniox-test-key",
+        "elevenlabs": "xi-test-key"}
 
 
 @dataclass
@@ -54,9 +57,9 @@ class Upstream:
 def make_fake(provider: str, **kw: Any) -> tuple[Any, Any]:
     """The fake for `provider` and a function giving its base URL once started."""
     if provider == "deepgram":
-        from tests.fakes.deepgram import FakeDeepgram
+        from tests.fakes.deepgram_flux import FakeDeepgramFlux  # v1 and Flux (/v2/listen)
 
-        return FakeDeepgram(**kw), lambda f: f.url
+        return FakeDeepgramFlux(**kw), lambda f: f.url
     if provider == "assemblyai":
         from tests.fakes.assemblyai import FakeAssemblyAI
 
@@ -73,6 +76,14 @@ def make_fake(provider: str, **kw: Any) -> tuple[Any, Any]:
         from tests.fakes.groq import FakeGroq
 
         return FakeGroq(**kw), lambda f: f.base_url
+    if provider == "soniox":
+        from tests.fakes.soniox import FakeSoniox
+
+        return FakeSoniox(**kw), lambda f: f.url
+    if provider == "elevenlabs":
+        from tests.fakes.elevenlabs import FakeElevenLabs
+
+        return FakeElevenLabs(**kw), lambda f: f.http_url
     raise ValueError(provider)
 
 
@@ -89,6 +100,7 @@ def adapter_class(provider: str) -> type[Adapter]:
 @contextlib.asynccontextmanager
 async def upstream(provider: str, *, api_key: str | None = None, model: str | None = None,
                    connect_timeout: float = 5.0, flush_timeout: float = 5.0,
+                   keepalive_interval: float | None = None,
                    **fake_kw: Any) -> AsyncIterator[Upstream]:
     """Start `provider`'s fake and build its adapter (with `api_key`, default: the right one)."""
     default_model, rate = CLOUD[provider]
@@ -96,7 +108,8 @@ async def upstream(provider: str, *, api_key: str | None = None, model: str | No
     async with fake:
         key = KEYS[provider] if api_key is None else api_key
         context = AdapterContext(api_key=key, base_url=base(fake),
-                                 connect_timeout=connect_timeout, flush_timeout=flush_timeout)
+                                 connect_timeout=connect_timeout, flush_timeout=flush_timeout,
+                                 keepalive_interval=keepalive_interval)
         adapter = adapter_class(provider)(context)
         model = model or default_model
         rate = adapter.capabilities(model).input_sample_rate
