@@ -1,11 +1,12 @@
-# Speechgate — `make run` starts the gateway, `make test` runs the tests.
+# Speechgate — `make run` starts the gateway, `make test` runs the tests (`make test-fast`: the
+# unit tier, in seconds), `make lint` runs ruff, mypy and vulture.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := redis-server espeak-ng sox chromium
 
-.PHONY: run test install install-test system-deps node-deps bench lint clean
+.PHONY: run test test-fast install install-test system-deps node-deps bench lint clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -41,14 +42,24 @@ node-deps:
 test: install-test system-deps node-deps
 	$(PY) -m pytest
 
+# The unit tier: no gateway, no redis-server, no provider fake, no model decoding speech
+# (markers set at collection by tests/tiers.py). Needs no Debian packages.
+FAST_TESTS := not slow and not e2e and not server
+
+test-fast: install-test
+	$(PY) -m pytest -m "$(FAST_TESTS)"
+
+# ruff, mypy (strict on the packages) and vulture (dead code; settings in pyproject.toml).
 lint: install-test
 	$(VENV)/bin/ruff check app adapters auth config tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/vulture
 
 bench: install-test system-deps
 	$(PY) -m bench.bench_local
 	$(PY) -m bench.bench_relay
 	$(PY) -m bench.bench_auth
+	$(PY) -m bench.bench_fuzz
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

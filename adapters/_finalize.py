@@ -47,11 +47,21 @@ class FinalizeBookkeeping:
         self._settle_timer: asyncio.TimerHandle | None = None
         self._finalize_point: float | None = None  # audio position of the newest finalize
 
-    def _expect_finalized(self) -> None:
+    def _expect_finalized(self, delay: float | None = None, *, quiet: bool = False) -> None:
         """A finalize was requested; `_finalized()` answers it, or `flush_timeout` s without
-        progress runs out (then a `finalize_timeout` warning precedes the `Finalized`)."""
+        progress runs out (then a `finalize_timeout` warning precedes the `Finalized`).
+
+        `delay`: for an adapter that knows nothing may be pending upstream, answer after this
+        many seconds at the latest (``quiet``: without the warning)."""
         self._finalizes += 1
-        self._arm_finalize_timer()
+        if delay is None:
+            self._arm_finalize_timer()
+            return
+        if self._finalize_timer is not None:
+            self._finalize_timer.cancel()
+        self._finalize_timer = asyncio.get_running_loop().call_later(
+            delay, lambda: self._later(self._release_finalizes(timed_out=not quiet))
+            if self._finalizes and not self._ended else None)
 
     def _finalize_sent(self, position: float) -> None:
         """For providers that do not acknowledge a finalize: it reached the wire after

@@ -147,7 +147,7 @@ class SegmentedStream(SttStream):
             self._error = self._error or error
         super()._fail(error)
 
-    async def _put(self, job: _Job | StreamEvent | None) -> None:
+    async def _queue(self, job: _Job | StreamEvent | None) -> None:
         """Queue for the uploader; waits while it is busy, fails at once if it has died (a
         failed, stalled-out or dropped upload), so no caller ever waits on a dead worker."""
         if self._worker is None or not await put_while_alive(self._jobs, job, self._worker):
@@ -156,16 +156,16 @@ class SegmentedStream(SttStream):
 
     async def _send_audio(self, pcm: bytes) -> None:
         if self._ended:
-            await self._put(None)  # raises the error that ended the stream
+            await self._queue(None)  # raises the error that ended the stream
         await self._queue_events(self._vad.feed(pcm))
 
     async def _finalize(self) -> None:
         await self._queue_events(self._vad.cut())
-        await self._put(Finalized())
+        await self._queue(Finalized())
 
     async def _close_stream(self) -> None:
         await self._queue_events(self._vad.flush())
-        await self._put(None)
+        await self._queue(None)
 
     async def _shutdown(self) -> None:
         """The uploader task is cancelled by `aclose`; the HTTP pool belongs to the adapter."""
@@ -178,15 +178,15 @@ class SegmentedStream(SttStream):
             if isinstance(event, SpeechStart):
                 await self._emit(SpeechStarted(event.sample / CANONICAL_SAMPLE_RATE))
             elif isinstance(event, Utterance):
-                await self._put(_Job(event.start / CANONICAL_SAMPLE_RATE, event.audio))
+                await self._queue(_Job(event.start / CANONICAL_SAMPLE_RATE, event.audio))
             elif isinstance(event, SpeechEnd):
                 speech_end = UtteranceEnd(event.sample / CANONICAL_SAMPLE_RATE)
                 continue
             if speech_end is not None:
-                await self._put(speech_end)
+                await self._queue(speech_end)
                 speech_end = None
         if speech_end is not None:
-            await self._put(speech_end)
+            await self._queue(speech_end)
 
     async def _work(self) -> None:
         while True:

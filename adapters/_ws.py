@@ -55,6 +55,9 @@ logger = logging.getLogger(__name__)
 CLOSE_TIMEOUT = 2.0
 # Seconds given to sending the end-of-stream message on an early exit.
 EOS_TIMEOUT = 1.0
+# Quiet time an adapter may wait for more of an answer it cannot otherwise tell is complete
+# (ElevenLabs commits); not used for finalize acknowledgements (see adapters/_finalize.py).
+FINALIZE_QUIET = 0.25
 # Default stall window (s) of a streaming provider; providers may set their own.
 STALL_WINDOW = 10.0
 # Unusable upstream messages tolerated (logged and skipped) before the stream fails.
@@ -140,8 +143,9 @@ class WebSocketStream(FinalizeBookkeeping, SttStream):
         """The stream is failing: emit what the provider already settled (e.g. final pieces
         of an open segment), so nothing received is lost."""
 
-    def _end_of_stream(self) -> dict[str, Any] | None:
-        """The provider's end-of-stream message (None: closing the socket is the end)."""
+    def _end_of_stream(self) -> dict[str, Any] | bytes | None:
+        """The provider's end-of-stream message, JSON or binary (None: closing the socket is
+        the end)."""
         return None
 
     async def _stop_sending(self) -> None:
@@ -185,7 +189,7 @@ class WebSocketStream(FinalizeBookkeeping, SttStream):
         if message is not None and not self._eos_sent and ws.state is State.OPEN:
             try:
                 async with asyncio.timeout(EOS_TIMEOUT):
-                    await ws.send(json.dumps(message))
+                    await ws.send(message if isinstance(message, bytes) else json.dumps(message))
                 self._eos_sent = True
             except Exception:  # noqa: BLE001 - best effort: the connection may be dead
                 logger.debug("%s: end-of-stream not delivered", self.provider, exc_info=True)
@@ -334,7 +338,13 @@ class WebSocketStream(FinalizeBookkeeping, SttStream):
         message = self._end_of_stream()
         if message is not None and not self._eos_sent:
             self._eos_sent = True
-            await self._send_json(message)
+            await (self._send(message) if isinstance(message, bytes)
+                   else self._send_json(message))
+        self._begin_flush()
+
+    def _arm_flush_deadline(self, what: str) -> None:
+        """For adapters that send their end-of-stream themselves (`what`): from now on the
+        stream waits as long as the provider keeps answering (`_begin_flush`)."""
         self._begin_flush()
 
     def _begin_flush(self) -> None:

@@ -28,7 +28,7 @@ import inspect
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from adapters.errors import ModelNotFound as ModelNotFound
@@ -51,6 +51,7 @@ from adapters.options import ModelInfo as ModelInfo
 from adapters.options import OptionStatus as OptionStatus
 from adapters.options import StreamOptions as StreamOptions
 from adapters.options import check_options as check_options
+from config.settings import LocalEngineSettings
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +119,19 @@ class ProviderWarning:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class TurnEvent:
+    """A turn-taking signal for voice agents (Deepgram Flux): ``eager_end_of_turn`` (the
+    speaker has probably finished: a reply can be prepared) or ``turn_resumed`` (they went on:
+    drop it). ``confidence`` is the provider's end-of-turn confidence."""
+
+    event: str
+    turn_index: int
+    confidence: float | None = None
+
+
 StreamEvent = (SpeechStarted | Transcript | UtteranceEnd | Finalized | ProviderUsage
-               | ProviderWarning)
+               | ProviderWarning | TurnEvent)
 
 
 # ------------------------------------------------------------------------------- streams
@@ -151,7 +163,6 @@ class SttStream(ABC):
         self._input_closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sink: Callable[[StreamEvent], None] | None = None
-        self.audio_seconds_sent = 0.0
 
     # ---- public API (called by the session core) --------------------------------------
 
@@ -163,7 +174,6 @@ class SttStream(ABC):
         """Forward PCM (s16le mono at ``options.sample_rate``); awaits when upstream is slow."""
         if self._input_closed or self._closed:
             raise ProviderProtocolError("audio after end of stream", provider=self.provider)
-        self.audio_seconds_sent += len(pcm) / (BYTES_PER_SAMPLE * self.options.sample_rate)
         await self._guard(self._send_audio(pcm))
 
     async def finalize(self) -> None:
@@ -352,7 +362,12 @@ class AdapterContext:
     # Seconds a streaming provider may answer nothing at all (no message, no pong) before it
     # is declared stalled; None: the provider's own window (`WebSocketStream.stall_window`).
     stall_timeout: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # The local engine's settings (`LocalAdapter` only; None: the defaults).
+    local: LocalEngineSettings | None = None
+    # Seconds of silence before a KeepAlive (`DeepgramAdapter`; None: the provider's default).
+    keepalive_interval: float | None = None
+    # Seconds a short utterance may wait to share an upload (`GroqAdapter`; 0: never).
+    merge_wait: float = 0.0
 
 
 class Adapter(ABC):

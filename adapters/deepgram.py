@@ -31,6 +31,7 @@ from adapters.base import (
     UtteranceEnd,
     Word,
 )
+from adapters.deepgram_flux import FLUX_MODELS, FluxStream
 
 PROVIDER = "deepgram"
 # Deepgram closes a stream that receives neither audio nor text for 10 s (NET-0001); send a
@@ -242,8 +243,7 @@ class DeepgramStream(WebSocketStream):
 
     def __init__(self, model: str, options: StreamOptions, context: AdapterContext) -> None:
         super().__init__(model, options, context)
-        self.keepalive_interval = float(context.extra.get("keepalive_interval",
-                                                          KEEPALIVE_INTERVAL))
+        self.keepalive_interval = context.keepalive_interval or KEEPALIVE_INTERVAL
         self._segmenter = Segmenter(options.interim_results)
         self._last_sent = 0.0
         self._buffered = False  # audio sent since the last Finalize
@@ -331,8 +331,10 @@ class DeepgramStream(WebSocketStream):
 class DeepgramAdapter(Adapter):
     provider = PROVIDER
     credential_env = "DEEPGRAM_API_KEY"
-    catalogue = MODELS
+    catalogue = {**MODELS, **FLUX_MODELS}
 
-    def open_stream(self, model: str, options: StreamOptions) -> DeepgramStream:
+    def open_stream(self, model: str, options: StreamOptions) -> DeepgramStream | FluxStream:
         self.capabilities(model)
+        if model in FLUX_MODELS:  # /v2/listen (adapters/deepgram_flux.py)
+            return FluxStream(model, options, self.context)
         return DeepgramStream(model, options, self.context)

@@ -29,6 +29,14 @@ class GroqAdapter(HttpAdapter):
 
     def open_stream(self, model: str, options: StreamOptions) -> SegmentedStream:
         self.capabilities(model)
+        merge_wait = self.context.merge_wait
+        if merge_wait > 0:  # Groq bills each request as >= 10 s (adapters/_merging.py)
+            from adapters._merging import MergingSegmentedStream
+
+            return MergingSegmentedStream(
+                model, options, self.context, provider=PROVIDER, merge_wait=merge_wait,
+                base_url=self.context.base_url or "https://api.groq.com/openai/v1",
+                http=self.http)
         return SegmentedStream(model, options, self.context, provider=PROVIDER,
                                base_url=self.context.base_url or "https://api.groq.com/openai/v1",
                                http=self.http)

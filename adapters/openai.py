@@ -50,16 +50,18 @@ _REALTIME = Capabilities(word_timestamps=False, language_detection=True, initial
 MODELS: dict[str, tuple[str, Capabilities]] = {
     "gpt-4o-transcribe": ("OpenAI GPT-4o Transcribe (realtime)", _REALTIME),
     "gpt-4o-mini-transcribe": ("OpenAI GPT-4o mini Transcribe (realtime)", _REALTIME),
-    # Natively streaming; takes no server VAD (turn_detection must be null).
+    # No server VAD (turn_detection must be null): our VAD commits each turn
+    # (adapters/openai_turns.py), on 16 kHz audio; the stream resamples to 24 kHz.
     "gpt-realtime-whisper": ("OpenAI Realtime Whisper", Capabilities(
-        word_timestamps=False, language_detection=True, punctuation=False,
-        input_sample_rate=REALTIME_RATE)),
+        word_timestamps=False, language_detection=True, punctuation=False)),
+    "gpt-live-transcribe": ("OpenAI GPT Live Transcribe", Capabilities(
+        word_timestamps=False, language_detection=True, punctuation=False)),
     "whisper-1": ("OpenAI Whisper (segmented REST)", Capabilities(
         streaming=False, interim_results=False, language_detection=True, initial_prompt=True,
         temperature=True)),
 }
 REST_MODELS = {"whisper-1"}
-NO_SERVER_VAD = {"gpt-realtime-whisper"}
+NO_SERVER_VAD = {"gpt-realtime-whisper", "gpt-live-transcribe"}
 
 
 def session_update(model: str, options: StreamOptions) -> dict[str, Any]:
@@ -266,4 +268,8 @@ class OpenAIAdapter(HttpAdapter):
             return SegmentedStream(model, options, self.context, provider=PROVIDER,
                                    base_url=self.context.base_url or "https://api.openai.com/v1",
                                    http=self.http)
+        if model in NO_SERVER_VAD:
+            from adapters.openai_turns import TurnCommitStream
+
+            return TurnCommitStream(model, options, self.context)
         return RealtimeStream(model, options, self.context)

@@ -28,6 +28,8 @@ PROVIDERS: dict[str, str] = {
     "openai": "adapters.openai:OpenAIAdapter",
     "gladia": "adapters.gladia:GladiaAdapter",
     "groq": "adapters.groq:GroqAdapter",
+    "soniox": "adapters.soniox:SonioxAdapter",
+    "elevenlabs": "adapters.elevenlabs:ElevenLabsAdapter",
 }
 
 

@@ -6,6 +6,7 @@ import io
 import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import IO
 
 import numpy as np
 import soxr
@@ -60,11 +61,14 @@ class DecodedChunk:
     duration: float | None  # total, when the container says
 
 
-def decode_audio(source: str | bytes | io.IOBase, rate: int = 16000,
+def decode_audio(source: str | bytes | io.IOBase | IO[bytes], rate: int = 16000,
                  chunk_seconds: float = 0.1) -> Iterator[DecodedChunk]:
     """Decode any audio file PyAV can read to s16le mono PCM at `rate`, in chunks.
 
-    Raises ``ValueError`` naming the cause when the input is not decodable audio.
+    A generator: it decodes only as far as it is read, so a caller bounds the work (and the
+    memory) by how many chunks it takes; each chunk carries the duration the container
+    declares, when it declares one, to refuse a file before decoding it. Raises ``ValueError``
+    naming the cause when the input is not decodable audio.
     """
     import av
 

@@ -12,6 +12,7 @@ import secrets
 import sys
 from typing import Any
 
+from app.logs import configure_logging
 from config import Settings, load_settings
 
 logger = logging.getLogger("speechgate")
@@ -28,24 +29,27 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.port:
         overrides["port"] = args.port
     dev_key = settings.dev_key.get_secret_value() if settings.dev_key else None
-    if dev_key is None and not settings.redis_url:
+    dev_key_generated = dev_key is None and not settings.redis_url
+    if dev_key_generated:
         dev_key = "sg_dev_" + secrets.token_urlsafe(24)
     if dev_key is not None:
         overrides["dev_key"] = dev_key
     settings = load_settings(**overrides)
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)  # one redacting handler for every logger (app/logs.py)
     url = f"ws://{settings.host}:{settings.port}"
     print(f"Speechgate on http://{settings.host}:{settings.port}  (demo page at /)", flush=True)
     print(f"  model: {settings.default_model}   key store: "
           f"{'redis ' + settings.redis_url if settings.redis_url else 'in-memory'}", flush=True)
     if dev_key is not None:
-        print(f"  dev key: {dev_key}", flush=True)
+        # A generated key is shown once so it can be used; one the operator set is not echoed.
+        shown = dev_key if dev_key_generated else "$SPEECHGATE_DEV_KEY"
+        print(f"  dev key: {shown}", flush=True)
         print("  try it:  .venv/bin/speechgate transcribe YOUR_FILE.wav "
-              f"--url {url} --key {dev_key}", flush=True)
+              f"--url {url} --key {shown}", flush=True)
     app, gateway = build_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
-                            log_level=settings.log_level, ws_max_size=settings.max_frame_bytes,
+                            log_level=settings.log_level, log_config=None,
+                            ws_max_size=settings.max_frame_bytes,
                             timeout_graceful_shutdown=int(settings.drain_seconds))
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after shutdown
         GatewayServer(config, gateway).run()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -54,29 +55,17 @@ class Gateway:
             task.cancel()
 
 
-def _secret(value: object) -> str | None:
-    getter = getattr(value, "get_secret_value", None)
-    return getter() if getter else None
-
-
 def adapter_contexts(settings: Settings) -> dict[str, AdapterContext]:
-    """Each adapter gets only its own settings."""
-    common = {"connect_timeout": settings.provider_connect_timeout,
-              "flush_timeout": settings.provider_flush_timeout,
-              "stall_timeout": settings.provider_stall_timeout}
-    contexts = {
-        "local": AdapterContext(extra={
-            "model_dir": settings.local_model_dir,
-            "compute_type": settings.local_compute_type,
-            "cpu_threads": settings.local_cpu_threads,
-            "decode_workers": settings.local_decode_workers,
-            "download": settings.local_download,
-        }, **common),  # type: ignore[arg-type]
-    }
-    for name in ("deepgram", "assemblyai", "openai", "gladia", "groq"):
-        contexts[name] = AdapterContext(
-            api_key=_secret(getattr(settings, f"{name}_api_key")),
-            base_url=getattr(settings, f"{name}_base_url"), **common)  # type: ignore[arg-type]
+    """Each adapter gets only its own settings: its group of `Settings`, whole and typed."""
+    connect, flush = settings.provider_connect_timeout, settings.provider_flush_timeout
+    stall = settings.provider_stall_timeout
+    contexts = {"local": AdapterContext(local=settings.local, connect_timeout=connect,
+                                        flush_timeout=flush)}
+    for name, provider in settings.providers.items():
+        contexts[name] = AdapterContext(api_key=provider.secret(), base_url=provider.base_url,
+                                        connect_timeout=connect, flush_timeout=flush,
+                                        stall_timeout=stall)
+    contexts["groq"] = dataclasses.replace(contexts["groq"], merge_wait=settings.groq_merge_wait)
     return contexts
 
 

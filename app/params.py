@@ -12,12 +12,10 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
 
 from adapters.base import StreamOptions
 from app.errors import GatewayError
 
-OutputFormat = Literal["text", "json", "verbose_json"]
 OUTPUT_FORMATS: tuple[str, ...] = ("text", "json", "verbose_json")
 BATCH_OUTPUT_FORMATS: tuple[str, ...] = (*OUTPUT_FORMATS, "srt", "vtt")
 KNOWN_PARAMS = frozenset({

@@ -4,7 +4,7 @@ within one process (the event loop makes each call atomic)."""
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 
 from auth.backend import AdmitResult, Backend, Period, Quotas
 from auth.base import KeyRecord
@@ -12,18 +12,24 @@ from auth.base import KeyRecord
 RATE_WINDOW = 60.0
 # Retry hint when every concurrency slot is taken: slots free when sessions end, not on a clock.
 CONCURRENCY_RETRY_AFTER = 5.0
-MAX_TRACKED_CLIENTS = 10_000
+# Client addresses with a live failed-attempt window; past this many the oldest window (the
+# one closest to its end) is forgotten, so the table stays bounded (~200 B per address).
+MAX_TRACKED_CLIENTS = 50_000
 
 
 class MemoryBackend(Backend):
-    def __init__(self) -> None:
+    def __init__(self, *, max_tracked_clients: int = MAX_TRACKED_CLIENTS) -> None:
         self._keys: dict[str, KeyRecord] = {}
         self._hashes: dict[str, str] = {}
         self._tokens: dict[str, dict[str, float]] = defaultdict(dict)
         self._leases: dict[str, dict[str, float]] = defaultdict(dict)
         self._starts: dict[str, list[float]] = defaultdict(list)
         self._usage: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
-        self._failures: dict[str, tuple[int, float]] = {}
+        # client -> (failures, window end), in order of window end: every window lasts
+        # RATE_WINDOW from its first failure and new windows go to the end, so expired ones
+        # are always at the front and each attempt costs O(1) (amortized).
+        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._max_tracked_clients = max_tracked_clients
 
     async def put_key(self, record: KeyRecord) -> None:
         self._keys[record.id] = record
@@ -108,17 +114,30 @@ class MemoryBackend(Backend):
 
     async def auth_failures(self, client: str) -> tuple[int, float]:
         count, window_end = self._failures.get(client, (0, 0.0))
-        remaining = window_end - time.time()
+        remaining = window_end - time.monotonic()
         return (count, remaining) if remaining > 0 else (0, 0.0)
 
     async def note_auth_failure(self, client: str) -> tuple[int, float]:
-        if len(self._failures) > MAX_TRACKED_CLIENTS:  # forget finished windows
-            now = time.time()
-            self._failures = {c: v for c, v in self._failures.items() if v[1] > now}
-        count, remaining = await self.auth_failures(client)
-        if remaining <= 0:
-            remaining = RATE_WINDOW
-            self._failures[client] = (1, time.time() + RATE_WINDOW)
-            return 1, remaining
-        self._failures[client] = (count + 1, time.time() + remaining)
-        return count + 1, remaining
+        now = time.monotonic()
+        self._expire_failures(now)
+        count, window_end = self._failures.get(client, (0, 0.0))
+        if window_end > now:  # same window: the entry keeps its place
+            self._failures[client] = (count + 1, window_end)
+            return count + 1, window_end - now
+        self._failures.pop(client, None)
+        self._failures[client] = (1, now + RATE_WINDOW)  # a new window, at the end
+        while len(self._failures) > self._max_tracked_clients:
+            self._failures.popitem(last=False)
+        return 1, RATE_WINDOW
+
+    def _expire_failures(self, now: float) -> None:
+        while self._failures:
+            _, (_, window_end) = next(iter(self._failures.items()))
+            if window_end > now:
+                return
+            self._failures.popitem(last=False)
+
+    @property
+    def tracked_clients(self) -> int:
+        """Addresses in the failed-attempt table (for tests and metrics)."""
+        return len(self._failures)

@@ -1,5 +1,5 @@
 """Gateway configuration: one immutable `Settings` value built from the environment."""
 
-from config.settings import Settings, load_settings
+from config.settings import LocalEngineSettings, ProviderSettings, Settings, load_settings
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["LocalEngineSettings", "ProviderSettings", "Settings", "load_settings"]

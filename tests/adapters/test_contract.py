@@ -26,7 +26,8 @@ from tests.fakes.driver import check_segments, final_text, finalized_after_final
 from tests.fakes.providers import CLOUD, upstream
 from tests.speech import BECKETT_TEXT, pcm, wer
 
-PROVIDERS = [*CLOUD, "local"]
+# The local engine runs the real model on speech: `slow` (not in `make test-fast`).
+PROVIDERS = [*CLOUD, pytest.param("local", marks=pytest.mark.slow)]
 
 
 @dataclass

@@ -44,9 +44,10 @@ RESULTS = {
 }
 
 
-def adapter(fake: FakeDeepgram, key: str = "dg-test-key", **extra: float) -> DeepgramAdapter:
+def adapter(fake: FakeDeepgram, key: str = "dg-test-key",
+            keepalive_interval: float | None = None) -> DeepgramAdapter:
     return DeepgramAdapter(AdapterContext(api_key=key, base_url=fake.url, connect_timeout=5,
-                                          flush_timeout=3, extra=dict(extra)))
+                                          flush_timeout=3, keepalive_interval=keepalive_interval))
 
 
 def test_parse_results_uses_punctuated_words_in_seconds() -> None:

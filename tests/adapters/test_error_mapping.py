@@ -97,7 +97,7 @@ async def test_wrong_credentials_are_auth_errors(provider: str) -> None:
 
 
 async def _dead_port_url(provider: str, port: int, host: str = "127.0.0.1") -> str:
-    scheme = "ws" if provider in ("deepgram", "assemblyai") else "http"
+    scheme = "ws" if provider in ("deepgram", "assemblyai", "soniox") else "http"
     suffix = {"openai": "/v1", "groq": "/openai/v1"}.get(provider, "")
     return f"{scheme}://{host}:{port}{suffix}"
 

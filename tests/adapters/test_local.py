@@ -31,6 +31,8 @@ from tests.speech import BECKETT_TEXT, TWO_CITIES_TEXT, normalize, pcm, wer
 
 RATE = 16_000
 
+pytestmark = pytest.mark.slow  # the real model on speech: not in `make test-fast`
+
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def adapter() -> AsyncIterator[LocalAdapter]:

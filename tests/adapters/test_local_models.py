@@ -16,8 +16,10 @@ from adapters.base import (
 )
 from adapters.local import models as local_models
 from adapters.local.adapter import LocalAdapter
-from adapters.local.models import FINAL, PARTIAL, DecodeScheduler, bundled_model_dir
+from adapters.local.engine import FINAL, PARTIAL, DecodeScheduler, Ticket
+from adapters.local.models import bundled_model_dir
 from adapters.registry import Registry
+from config import LocalEngineSettings
 
 
 @pytest.fixture
@@ -70,15 +72,16 @@ def test_opening_an_unavailable_or_unknown_model_raises() -> None:
 def test_model_dir_and_download_make_models_available(tmp_path: Path) -> None:
     (tmp_path / "base.en").mkdir()
     (tmp_path / "base.en" / "model.bin").write_bytes(b"\0")
-    adapter = LocalAdapter(AdapterContext(extra={"model_dir": str(tmp_path)}))
+    adapter = LocalAdapter(AdapterContext(local=LocalEngineSettings(model_dir=str(tmp_path))))
     weights = adapter.weights("base.en")
     assert weights.available and weights.path == str(tmp_path / "base.en")
     assert not adapter.weights("small").available
-    downloading = LocalAdapter(AdapterContext(extra={"download": True}))
+    downloading = LocalAdapter(AdapterContext(local=LocalEngineSettings(download=True)))
     assert all(m.available for m in downloading.models())
     assert downloading.weights("small").download
     # A model_dir that is itself a CTranslate2 model overrides the lookup.
-    flat = LocalAdapter(AdapterContext(extra={"model_dir": str(tmp_path / "base.en")}))
+    flat = LocalAdapter(AdapterContext(
+        local=LocalEngineSettings(model_dir=str(tmp_path / "base.en"))))
     assert flat.weights("tiny.en").path == str(tmp_path / "base.en")
 
 
@@ -119,7 +122,7 @@ async def test_scheduler_serves_finals_first_then_in_order() -> None:
         order.append(name)
         scheduler.release()
 
-    tickets: dict[str, local_models.Ticket] = {}
+    tickets: dict[str, Ticket] = {}
     tasks = [asyncio.create_task(wait(n, p)) for n, p in
              [("p1", PARTIAL), ("p2", PARTIAL), ("f1", FINAL), ("p3", PARTIAL)]]
     await asyncio.sleep(0)
@@ -185,7 +188,7 @@ async def test_broken_weights_raise_provider_unavailable(tmp_path: Path) -> None
 
     (tmp_path / "small.en").mkdir()
     (tmp_path / "small.en" / "model.bin").write_bytes(b"not a CTranslate2 model")
-    adapter = LocalAdapter(AdapterContext(extra={"model_dir": str(tmp_path)}))
+    adapter = LocalAdapter(AdapterContext(local=LocalEngineSettings(model_dir=str(tmp_path))))
     try:
         stream = adapter.open_stream("small.en", StreamOptions())
         with pytest.raises(ProviderUnavailable, match="cannot load local.small.en"):

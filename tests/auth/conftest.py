@@ -34,7 +34,8 @@ def _flush(kind: str, url: str, ports: list[int]) -> None:
                 client.flushall()
 
 
-@pytest.fixture(params=["memory", "redis", "cluster"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.server),
+                        pytest.param("cluster", marks=pytest.mark.server)])
 def store_kind(request: pytest.FixtureRequest) -> tuple[str, str | None]:
     """Which backend the test runs against, and its URL (None for memory)."""
     kind: str = request.param

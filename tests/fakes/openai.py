@@ -29,7 +29,8 @@ from tests.fakes.transcriptions import TranscriptionsFake
 from tests.speech import BECKETT_TEXT
 
 REALTIME_MODELS = {"gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-realtime-whisper",
-                   "whisper-1"}
+                   "gpt-live-transcribe", "whisper-1"}
+NO_VAD_MODELS = {"gpt-realtime-whisper", "gpt-live-transcribe"}  # turn_detection must be null
 RATE = 24000
 
 
@@ -161,6 +162,9 @@ class _Session:
         elif model not in REALTIME_MODELS:
             await self.error("invalid_value", f"Invalid transcription model: {model}",
                              "session.audio.input.transcription.model")
+        elif model in NO_VAD_MODELS and audio_in.get("turn_detection") is not None:
+            await self.error("invalid_value", f"{model} does not support turn detection",
+                             "session.audio.input.turn_detection")
         else:
             self.configured = True
             self.server_vad = audio_in.get("turn_detection") is not None

@@ -21,9 +21,12 @@ CLOUD: dict[str, tuple[str, int]] = {
     "openai": ("gpt-4o-transcribe", 24000),
     "gladia": ("solaria-1", 16000),
     "groq": ("whisper-large-v3-turbo", 16000),
+    "soniox": ("stt-rt-v4", 16000),
+    "elevenlabs": ("scribe_v2_realtime", 16000),
 }
 KEYS = {"deepgram": "dg-test-key", "assemblyai": "aai-test-key", "openai": "sk-test-key",
-        "gladia": "gladia-test-key", "groq": "gsk_test_key"}
+        "gladia": "gladia-test-key", "groq": "gsk_test_key", "soniox": "soniox-test-key",
+        "elevenlabs": "xi-test-key"}
 
 
 @dataclass
@@ -56,9 +59,9 @@ class Upstream:
 def make_fake(provider: str, **kw: Any) -> tuple[Any, Any]:
     """The fake for `provider` and a function giving its base URL once started."""
     if provider == "deepgram":
-        from tests.fakes.deepgram import FakeDeepgram
+        from tests.fakes.deepgram_flux import FakeDeepgramFlux  # v1 and Flux (/v2/listen)
 
-        return FakeDeepgram(**kw), lambda f: f.url
+        return FakeDeepgramFlux(**kw), lambda f: f.url
     if provider == "assemblyai":
         from tests.fakes.assemblyai import FakeAssemblyAI
 
@@ -75,6 +78,14 @@ def make_fake(provider: str, **kw: Any) -> tuple[Any, Any]:
         from tests.fakes.groq import FakeGroq
 
         return FakeGroq(**kw), lambda f: f.base_url
+    if provider == "soniox":
+        from tests.fakes.soniox import FakeSoniox
+
+        return FakeSoniox(**kw), lambda f: f.url
+    if provider == "elevenlabs":
+        from tests.fakes.elevenlabs import FakeElevenLabs
+
+        return FakeElevenLabs(**kw), lambda f: f.http_url
     raise ValueError(provider)
 
 
@@ -92,7 +103,8 @@ def adapter_class(provider: str) -> type[Adapter]:
 async def upstream(provider: str, *, api_key: str | None = None, model: str | None = None,
                    connect_timeout: float = 5.0, flush_timeout: float = 5.0,
                    stall_timeout: float | None = None, proxy: bool = False,
-                   extra: dict[str, Any] | None = None, **fake_kw: Any) -> AsyncIterator[Upstream]:
+                   keepalive_interval: float | None = None,
+                   **fake_kw: Any) -> AsyncIterator[Upstream]:
     """Start `provider`'s fake and build its adapter (with `api_key`, default: the right one).
 
     `proxy`: the adapter reaches the fake through a `FaultProxy` (``up.proxy``), so a test
@@ -110,7 +122,8 @@ async def upstream(provider: str, *, api_key: str | None = None, model: str | No
         key = KEYS[provider] if api_key is None else api_key
         context = AdapterContext(api_key=key, base_url=url,
                                  connect_timeout=connect_timeout, flush_timeout=flush_timeout,
-                                 stall_timeout=stall_timeout, extra=extra or {})
+                                 stall_timeout=stall_timeout,
+                                 keepalive_interval=keepalive_interval)
         adapter = adapter_class(provider)(context)
         model = model or default_model
         rate = adapter.capabilities(model).input_sample_rate
