@@ -1,0 +1,57 @@
+"""What the SDK-compatible front-ends (Deepgram ``/v1/listen``, OpenAI ``/v1/realtime``)
+share: keys carried in ``Sec-WebSocket-Protocol``, and refusals answered on the handshake with
+an HTTP status (as those services do) instead of an accepted-then-closed socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+from starlette.responses import Response
+from starlette.websockets import WebSocket, WebSocketState
+
+from app.errors import GatewayError
+
+
+def offered_subprotocols(ws: WebSocket) -> list[str]:
+    return [str(p).strip() for p in ws.scope.get("subprotocols", []) if str(p).strip()]
+
+
+def deepgram_subprotocol_key(ws: WebSocket) -> tuple[str | None, str | None]:
+    """``Sec-WebSocket-Protocol: token, <key>`` (also ``bearer, <jwt>``) -> (key, protocol to
+    echo on accept)."""
+    offered = offered_subprotocols(ws)
+    for scheme in ("token", "bearer"):
+        matches = [p for p in offered if p.lower() == scheme]
+        if matches:
+            others = [p for p in offered if p.lower() != scheme]
+            return (others[0] if others else None), matches[0]
+    return None, None
+
+
+def openai_subprotocol_key(ws: WebSocket) -> tuple[str | None, str | None]:
+    """``Sec-WebSocket-Protocol: realtime, openai-insecure-api-key.<key>`` -> (key, "realtime")."""
+    offered = offered_subprotocols(ws)
+    prefix = "openai-insecure-api-key."
+    key = next((p[len(prefix):] for p in offered if p.startswith(prefix)), None)
+    echo = "realtime" if "realtime" in offered else None
+    return (key or None), echo
+
+
+async def deny(ws: WebSocket, error: GatewayError, body: dict[str, object],
+               headers: dict[str, str]) -> None:
+    """Refuse the handshake with the error's HTTP status (a close before accept when the
+    server does not offer the denial-response extension)."""
+    if ws.application_state != WebSocketState.CONNECTING:
+        return
+    if ws.client_state == WebSocketState.CONNECTING:
+        await ws.receive()  # the websocket.connect message
+    if "websocket.http.response" in ws.scope.get("extensions", {}):
+        response = Response(json.dumps(body), status_code=error.http_status,
+                            media_type="application/json", headers=headers)
+        with contextlib.suppress(OSError, RuntimeError):
+            await ws.send_denial_response(response)
+        return
+    with contextlib.suppress(OSError, RuntimeError):
+        await ws.close(error.close_code, error.reason)
