@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from typing import Any
 
@@ -65,27 +66,39 @@ async def transcribe_file(request: Request) -> Response:
         principal = await gateway.authenticate(
             key_from_request(request.headers, request.query_params), client)
         body = await _read_body(request)
-        rate = _pcm_rate(request.headers.get("content-type", ""))
-        if rate is None:
-            rate = 16000
-            try:
-                chunks = await asyncio.to_thread(
-                    lambda: [c.pcm for c in decode_audio(body, rate, chunk_seconds=1.0)])
-            except ValueError as exc:
-                raise GatewayError(4400, f"invalid audio: {exc}") from None
-            pcm = b"".join(chunks)
-        else:
-            pcm = body
-        return await _transcribe(gateway, session_request, principal, pcm, rate,
+        pcm, rate = await decode_upload(body, request.headers.get("content-type", ""))
+        result = await run_batch(gateway, session_request, principal, pcm, rate,
                                  request.headers.get("origin"))
+        return render_batch(session_request.output_format, result.finals, result.language,
+                            result.duration, result.session_id)
     except Exception as exc:
         return error_response(to_gateway_error(exc))
 
 
-async def _transcribe(gateway: Gateway, req: SessionRequest, principal: Any, pcm: bytes,
-                      rate: int, origin: str | None) -> Response:
-    import dataclasses
+async def decode_upload(body: bytes, content_type: str) -> tuple[bytes, int]:
+    """An uploaded file (any container) or raw PCM (by its content type) -> (PCM, rate)."""
+    rate = _pcm_rate(content_type)
+    if rate is not None:
+        return body, rate
+    try:
+        chunks = await asyncio.to_thread(
+            lambda: [c.pcm for c in decode_audio(body, 16000, chunk_seconds=1.0)])
+    except ValueError as exc:
+        raise GatewayError(4400, f"invalid audio: {exc}") from None
+    return b"".join(chunks), 16000
 
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BatchResult:
+    finals: list[ab.Transcript]
+    language: str
+    duration: float
+    session_id: str
+
+
+async def run_batch(gateway: Gateway, req: SessionRequest, principal: Any, pcm: bytes,
+                    rate: int, origin: str | None) -> BatchResult:
+    """Transcribe a whole recording through the session core; the finals, in order."""
     streaming = dataclasses.replace(
         req, options=dataclasses.replace(req.options, sample_rate=rate, interim_results=False))
     finals: list[ab.Transcript] = []
@@ -107,8 +120,7 @@ async def _transcribe(gateway: Gateway, req: SessionRequest, principal: Any, pcm
                     language = event.language
         finally:
             feeder.cancel()
-    duration = len(pcm) / (2 * rate)
-    return render_batch(req.output_format, finals, language, duration, session.id)
+    return BatchResult(finals, language, len(pcm) / (2 * rate), session.id)
 
 
 def render_batch(fmt: str, finals: list[ab.Transcript], language: str, duration: float,
