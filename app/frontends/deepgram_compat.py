@@ -182,6 +182,11 @@ class DeepgramConnection(WebSocketFrontend):
                                 "; ".join(created.warnings).encode("ascii", "replace")[:2000]))
         return headers
 
+    async def _close(self, code: int, reason: str) -> None:
+        if code == 4408:  # Deepgram's own idle close: 1011 with NET-0001
+            code, reason = 1011, f"NET-0001 {reason}"[:123]
+        await super()._close(code, reason)
+
     def error_frame(self, error: GatewayError) -> str | None:
         return json.dumps({"type": "Error", "variant": error.code, "description": error.message,
                            "message": "", "code": error.close_code})

@@ -22,11 +22,10 @@ def deepgram_subprotocol_key(ws: WebSocket) -> tuple[str | None, str | None]:
     """``Sec-WebSocket-Protocol: token, <key>`` (also ``bearer, <jwt>``) -> (key, protocol to
     echo on accept)."""
     offered = offered_subprotocols(ws)
-    for scheme in ("token", "bearer"):
-        matches = [p for p in offered if p.lower() == scheme]
-        if matches:
-            others = [p for p in offered if p.lower() != scheme]
-            return (others[0] if others else None), matches[0]
+    for index, protocol in enumerate(offered):
+        if protocol.lower() in ("token", "bearer"):  # the key follows its scheme
+            key = offered[index + 1] if index + 1 < len(offered) else None
+            return key, protocol
     return None, None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -34,3 +35,30 @@ def server_state(gw: Gateway) -> Any:
     while not hasattr(app, "gateway"):
         app = app.other_asgi_app
     return app.gateway
+
+
+async def no_sessions_left(gw: Gateway) -> None:
+    """The server released every session (bounded wait: the close reaches the client just
+    before the session's own clean-up finishes)."""
+    state = server_state(gw)
+    for _ in range(200):
+        if not state.sessions:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{len(state.sessions)} session(s) still open on the server")
+
+
+async def read_until_closed(ws: Any) -> list[Any]:
+    """Every JSON message until the server closes (whatever the close code)."""
+    import json
+
+    import websockets
+
+    messages = []
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                messages.append(json.loads(await ws.recv()))
+    except websockets.ConnectionClosed:
+        pass
+    return messages

@@ -16,7 +16,7 @@ from deepgram import AsyncDeepgramClient
 from deepgram.core.api_error import ApiError
 from deepgram.environment import DeepgramClientEnvironment
 
-from tests.compat.conftest import server_state
+from tests.compat.conftest import no_sessions_left, read_until_closed
 from tests.servers import Gateway
 from tests.speech import BECKETT_TEXT, pcm, wer
 
@@ -64,15 +64,6 @@ async def stream(gw: Gateway, audio: bytes, *, key: str | None = None, pace: flo
         await sock.send_close_stream()
         await asyncio.wait_for(reader, 60)
     return run
-
-
-async def no_sessions_left(gw: Gateway) -> None:
-    state = server_state(gw)
-    for _ in range(100):
-        if not state.sessions:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{len(state.sessions)} session(s) still open on the server")
 
 
 async def test_local_engine_real_time_with_finalize_mid_stream(compat_gateway: Gateway) -> None:
@@ -155,3 +146,17 @@ async def test_browser_subprotocol_key_and_keepalive(compat_gateway: Gateway) ->
     text = " ".join(m["channel"]["alternatives"][0]["transcript"] for m in messages
                     if m["type"] == "Results" and m["is_final"])
     assert wer(BECKETT_TEXT, text) <= 0.2, text
+
+
+async def test_idle_stream_closes_like_deepgram(compat_gateway: Gateway) -> None:
+    """No audio and no KeepAlive: an Error message, then 1011 NET-0001 (Deepgram's close);
+    the server holds no session afterwards."""
+    url = f"{compat_gateway.ws_url}/v1/listen?model=local.tiny.en&encoding=linear16" \
+          "&sample_rate=16000"
+    async with websockets.connect(url, additional_headers={
+            "Authorization": f"Bearer {compat_gateway.dev_key}"}) as ws:
+        await ws.send(AUDIO[:CHUNK])
+        messages = await read_until_closed(ws)
+    assert ws.close_code == 1011 and ws.close_reason.startswith("NET-0001")
+    assert messages[-1]["type"] == "Error" and "idle" in messages[-1]["description"]
+    await no_sessions_left(compat_gateway)

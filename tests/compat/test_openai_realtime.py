@@ -18,7 +18,7 @@ from openai import AsyncOpenAI
 
 from app.frontends.g711 import ULAW
 from app.frontends.g711 import decode as g711_decode
-from tests.compat.conftest import server_state
+from tests.compat.conftest import no_sessions_left, read_until_closed
 from tests.servers import Gateway
 from tests.speech import BECKETT_TEXT, normalize, pcm, wer
 
@@ -114,7 +114,7 @@ async def test_server_vad_items_are_append_only(compat_gateway: Gateway) -> None
     assert wer(BECKETT_TEXT, text) <= 0.2, text
     assert normalize(text)[-2:] == ["fail", "better"]
     assert set(got.deltas) <= set(got.completed)  # no delta for an item never completed
-    await no_sessions(compat_gateway)
+    await no_sessions_left(compat_gateway)
 
 
 async def test_manual_commit_one_item(compat_gateway: Gateway) -> None:
@@ -185,10 +185,13 @@ async def test_wrong_key_refused_and_browser_subprotocols(compat_gateway: Gatewa
         assert created["session"]["type"] == "transcription"
 
 
-async def no_sessions(gw: Gateway) -> None:
-    state = server_state(gw)
-    for _ in range(100):
-        if not state.sessions:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("sessions left open on the server")
+async def test_idle_session_ends_with_an_error_event(compat_gateway: Gateway) -> None:
+    url = f"{compat_gateway.ws_url}/v1/realtime?intent=transcription"
+    async with websockets.connect(url, additional_headers={
+            "Authorization": f"Bearer {compat_gateway.dev_key}"}) as ws:
+        await ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                  "audio": base64.b64encode(AUDIO_24K[:4800]).decode()}))
+        messages = await read_until_closed(ws)
+    assert ws.close_code == 4408
+    assert messages[-1]["type"] == "error" and "idle" in messages[-1]["error"]["message"]
+    await no_sessions_left(compat_gateway)
