@@ -71,3 +71,46 @@ async def test_prosa_text_instead_of_audio_is_an_error(gateway: Gateway) -> None
                                          CONFIG)
     assert code == 4400
     assert any("not audio" in str(m) for m in messages), messages
+
+
+async def test_xrx_client_streaming_100_ms_frames_without_a_flag(gateway: Gateway) -> None:
+    """An xrx client that streams 100 ms frames at real-time pace (no ?mode=): transcripts
+    come back on the pauses while the connection stays open, not "Thank you." per frame."""
+    import asyncio
+
+    import websockets
+
+    speech = SPEECH + bytes(16000 * 2 * 3 // 2)  # and 1.5 s of silence after the reading
+    texts: list[str] = []
+    last_words = asyncio.Event()
+    async with websockets.connect(f"{gateway.ws_url}/api/v1/ws",
+                                  additional_headers={"X-API-Key": gateway.dev_key}) as ws:
+        async def collect() -> None:
+            async for message in ws:
+                assert isinstance(message, str)
+                texts.append(message)
+                if "better" in message.lower():
+                    last_words.set()
+
+        reader = asyncio.create_task(collect())
+        for i in range(0, len(speech), 3200):
+            await ws.send(speech[i:i + 3200])
+            await asyncio.sleep(0.1)
+        async with asyncio.timeout(20):  # the last sentence, ended by the pause
+            await last_words.wait()
+        assert not reader.done()  # still open: the pause ended the utterance, not the stream
+        reader.cancel()
+    assert len(texts) > 1, texts
+    assert wer(BECKETT_TEXT, " ".join(texts)) <= 0.2, texts
+    assert "thank you" not in " ".join(texts).lower()
+
+
+def test_xrx_mode_detection() -> None:
+    from app.frontends.xrx import configured_mode, detect_mode
+
+    assert detect_mode(3200, 16000) == "stream"  # 100 ms
+    assert detect_mode(640, 16000) == "stream"  # 20 ms
+    assert detect_mode(int(0.65 * 32000), 16000) == "utterance"  # "yes" + 250 ms silence
+    assert configured_mode(None, "faster_whisper") == "auto"
+    assert configured_mode(None, "deepgram") == "stream"
+    assert configured_mode("utterance", "deepgram") == "utterance"
