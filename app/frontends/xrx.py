@@ -84,8 +84,9 @@ async def anonymous_principal(gateway: Gateway) -> Principal:
     """The principal for a keyless connection, when the operator enabled `anonymous_key_id`."""
     anonymous = getattr(gateway.access, "anonymous", None)
     if not gateway.settings.anonymous_key_id or anonymous is None:
-        raise GatewayError(4401, "missing API key: send X-API-Key or Authorization, add "
-                                 "?api_key=, or have the operator set anonymous_key_id",
+        raise GatewayError(4401, "missing API key: send X-API-Key, Authorization or "
+                                 "?api_key=, or set SPEECHGATE_ANONYMOUS_KEY_ID "
+                                 "(anonymous_key_id)",
                            code="missing_key")
     try:
         principal: Principal = await anonymous()

@@ -160,3 +160,17 @@ async def test_idle_stream_closes_like_deepgram(compat_gateway: Gateway) -> None
     assert ws.close_code == 1011 and ws.close_reason.startswith("NET-0001")
     assert messages[-1]["type"] == "Error" and "idle" in messages[-1]["description"]
     await no_sessions_left(compat_gateway)
+
+
+async def test_unconfigured_provider_is_a_503_naming_the_variable(gateway: Gateway) -> None:
+    """The plain gateway has no Deepgram credentials: the handshake says which variable to
+    set, once ("deepgram is not configured", not "deepgram deepgram ...")."""
+    url = f"{gateway.ws_url}/v1/listen?model=nova-3&encoding=linear16&sample_rate=16000"
+    with pytest.raises(websockets.InvalidStatus) as info:
+        async with websockets.connect(url, additional_headers={
+                "Authorization": f"Token {gateway.dev_key}"}):
+            pass
+    response = info.value.response
+    assert response.status_code == 503
+    assert response.headers["dg-error"] == "deepgram is not configured: set DEEPGRAM_API_KEY"
+    assert json.loads(response.body or b"{}")["err_msg"] == response.headers["dg-error"]
