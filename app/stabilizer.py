@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import re
 
+from adapters.base import Transcript
+
 _EDGES = re.compile(r"^[^\w']+|[^\w']+$")
 
 
@@ -81,3 +83,27 @@ class Stabilizer:
         lead = " " if self.released else ""
         self.released.extend(words)
         return lead + " ".join(words)
+
+
+class StableWords:
+    """``stable_words`` of the native json/verbose_json partials: per segment, how many
+    leading words of each partial are settled (a final: all of them). Settled words have
+    been the same in two hypotheses and are not the newest; a provider may in rare cases still
+    change one in its final, which the OpenAI front-end's append-only stream cannot show."""
+
+    MAX_SEGMENTS = 64  # open segments tracked at once (bounded; oldest dropped)
+
+    def __init__(self) -> None:
+        self._segments: dict[str, Stabilizer] = {}
+
+    def count(self, event: Transcript) -> int:
+        if event.is_final:
+            self._segments.pop(event.segment_id, None)
+            return len(event.text.split())
+        stabilizer = self._segments.get(event.segment_id)
+        if stabilizer is None:
+            while len(self._segments) >= self.MAX_SEGMENTS:
+                self._segments.pop(next(iter(self._segments)))
+            stabilizer = self._segments[event.segment_id] = Stabilizer()
+        stabilizer.partial(event.text)
+        return stabilizer.stable_words
