@@ -178,8 +178,9 @@ class DeepgramConnection(WebSocketFrontend):
             headers.append((b"x-speechgate-options", ",".join(
                 f"{k}={v}" for k, v in sorted(options.items())).encode()))
             if created.warnings:
+                text = " ".join("; ".join(created.warnings).split())  # no CR/LF in a header
                 headers.append((b"x-speechgate-warnings",
-                                "; ".join(created.warnings).encode("ascii", "replace")[:2000]))
+                                text.encode("ascii", "replace")[:2000]))
         return headers
 
     async def _close(self, code: int, reason: str) -> None:
