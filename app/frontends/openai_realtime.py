@@ -207,6 +207,8 @@ class RealtimeConnection(WebSocketFrontend):
             for out in self.items.on_event(event):
                 await self._event(out)
             if isinstance(event, SessionError):
+                for out in self.items.fail(event.error.code, event.error.message):
+                    await self._event(out)
                 self.gateway.metrics.session_error(event.error.close_code)
                 await self._send(self.error_frame(event.error) or "")
                 await self._close(event.error.close_code, event.error.reason)

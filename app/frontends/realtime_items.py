@@ -85,6 +85,17 @@ class ItemTracker:
             return [] if item is None else self._complete(item)
         return []
 
+    def fail(self, code: str, message: str) -> list[dict[str, Any]]:
+        """The session failed: every committed item still waiting for its text fails."""
+        items = [i for i in self.pending if i is not None]
+        if self.current is not None and self.current.committed:
+            items.append(self.current)
+        self.pending.clear()
+        return [{"type": "conversation.item.input_audio_transcription.failed",
+                 "event_id": event_id(), "item_id": item.id, "content_index": 0,
+                 "error": {"type": "transcription_error", "code": code, "message": message,
+                           "param": None}} for item in items]
+
     def _open(self, time: float) -> tuple[Item, list[dict[str, Any]]]:
         item = Item(new_item_id(), time)
         self.current = item

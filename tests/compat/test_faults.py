@@ -91,3 +91,21 @@ async def test_oversized_append_is_refused(compat_gateway: Gateway) -> None:
         await read_until_closed(ws)
     assert ws.close_code == 1009
     await no_sessions_left(compat_gateway)
+
+
+
+def test_committed_items_fail_when_the_session_fails() -> None:
+    """A committed item still waiting for its text gets ``…transcription.failed`` (the
+    connection then sends the error event and closes), once."""
+    from adapters import base as ab
+    from app.frontends.realtime_items import ItemTracker
+
+    tracker = ItemTracker(server_vad=False)
+    tracker.on_event(ab.Transcript("s1", False, "Ever tried", 0.1, 0.9))
+    committed = tracker.commit(1.0)[0]
+    tracker.on_event(ab.Transcript("s2", False, "Ever failed", 1.2, 1.9))  # before Finalized
+    failed = tracker.fail("upstream_timeout", "deepgram timed out")
+    assert [f["item_id"] for f in failed] == [committed["item_id"]]
+    assert failed[0]["type"] == "conversation.item.input_audio_transcription.failed"
+    assert failed[0]["error"]["message"] == "deepgram timed out"
+    assert tracker.fail("x", "y") == []  # once

@@ -195,3 +195,15 @@ async def test_idle_session_ends_with_an_error_event(compat_gateway: Gateway) ->
     assert ws.close_code == 4408
     assert messages[-1]["type"] == "error" and "idle" in messages[-1]["error"]["message"]
     await no_sessions_left(compat_gateway)
+
+
+async def test_openai_model_name_through_the_fake(compat_gateway: Gateway) -> None:
+    """``gpt-4o-transcribe`` means ``openai.gpt-4o-transcribe``: the gateway's OpenAI adapter
+    relays to the OpenAI fake, and its results come back in OpenAI's own shape."""
+    session = transcription_session(None)
+    session["audio"]["input"]["transcription"]["model"] = "gpt-4o-transcribe"
+    got = await run(compat_gateway, session, AUDIO_24K + SILENCE_24K)
+    got.check_append_only()
+    updated = [e for e in got.events if e.type == "session.updated"][-1]
+    assert updated.session.audio.input.transcription.model == "gpt-4o-transcribe"
+    assert normalize(got.text()) == normalize(BECKETT_TEXT)
