@@ -61,6 +61,27 @@ def error_event(code: str, message: str, *, param: str | None = None,
                       "event_id": client_event}}
 
 
+_BETA_FORMATS = {"pcm16": {"type": "audio/pcm", "rate": 24000},
+                 "g711_ulaw": {"type": "audio/pcmu"}, "g711_alaw": {"type": "audio/pcma"}}
+
+
+def beta_to_ga(session: Any) -> Any:
+    """The beta ``transcription_session.update`` fields in the GA shape."""
+    if not isinstance(session, dict):
+        return session
+    audio: dict[str, Any] = {}
+    if "input_audio_format" in session:
+        fmt = session["input_audio_format"]
+        audio["format"] = _BETA_FORMATS.get(fmt, {"type": fmt}) if isinstance(fmt, str) else fmt
+    for beta, ga in (("input_audio_transcription", "transcription"),
+                     ("turn_detection", "turn_detection"),
+                     ("input_audio_noise_reduction", "noise_reduction")):
+        if beta in session:
+            audio[ga] = session[beta]
+    return {"type": "transcription", "audio": {"input": audio},
+            **({"include": session["include"]} if "include" in session else {})}
+
+
 class RealtimeConnection(WebSocketFrontend):
     label = "openai-realtime"
 
@@ -222,7 +243,9 @@ class RealtimeConnection(WebSocketFrontend):
     async def _handle(self, data: dict[str, Any]) -> None:
         kind = data["type"]
         if kind in ("session.update", "transcription_session.update"):
-            self._update(data.get("session"))
+            session = data.get("session")
+            self._update(beta_to_ga(session) if kind.startswith("transcription_session")
+                         else session)
             await self._event({"type": "session.updated", "event_id": event_id(),
                                "session": self.config})
         elif kind == "input_audio_buffer.commit":

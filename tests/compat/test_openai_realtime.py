@@ -207,3 +207,14 @@ async def test_openai_model_name_through_the_fake(compat_gateway: Gateway) -> No
     updated = [e for e in got.events if e.type == "session.updated"][-1]
     assert updated.session.audio.input.transcription.model == "gpt-4o-transcribe"
     assert normalize(got.text()) == normalize(BECKETT_TEXT)
+
+
+def test_beta_transcription_session_fields_map_to_ga() -> None:
+    from app.frontends.openai_realtime import beta_to_ga
+
+    ga = beta_to_ga({"input_audio_format": "g711_ulaw",
+                     "input_audio_transcription": {"model": "whisper-1", "language": "en"},
+                     "turn_detection": None})
+    assert ga == {"type": "transcription", "audio": {"input": {
+        "format": {"type": "audio/pcmu"},
+        "transcription": {"model": "whisper-1", "language": "en"}, "turn_detection": None}}}
