@@ -6,12 +6,32 @@ an HTTP status (as those services do) instead of an accepted-then-closed socket.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
+import logging
 
 from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketState
 
 from app.errors import GatewayError
+
+# uvicorn's websockets-sansio protocol logs "ASGI callable returned without completing
+# handshake." at ERROR after every denial response (it only counts accept and close as an end
+# of the handshake). A refused key is not a server error: that one record is dropped, and only
+# for the connection that sent the denial (the flag lives in its task's context).
+_DENIED: contextvars.ContextVar[bool] = contextvars.ContextVar("speechgate_denied",
+                                                               default=False)
+
+
+class _DeniedHandshakeFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_DENIED.get() and record.getMessage().startswith(
+            "ASGI callable returned without completing handshake"))
+
+
+_FILTER = _DeniedHandshakeFilter()
+if _FILTER not in logging.getLogger("uvicorn.error").filters:
+    logging.getLogger("uvicorn.error").addFilter(_FILTER)
 
 
 def offered_subprotocols(ws: WebSocket) -> list[str]:
@@ -47,6 +67,7 @@ async def deny(ws: WebSocket, error: GatewayError, body: dict[str, object],
     if ws.client_state == WebSocketState.CONNECTING:
         await ws.receive()  # the websocket.connect message
     if "websocket.http.response" in ws.scope.get("extensions", {}):
+        _DENIED.set(True)
         response = Response(json.dumps(body), status_code=error.http_status,
                             media_type="application/json", headers=headers)
         with contextlib.suppress(OSError, RuntimeError):

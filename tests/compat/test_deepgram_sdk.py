@@ -174,3 +174,24 @@ async def test_unconfigured_provider_is_a_503_naming_the_variable(gateway: Gatew
     assert response.status_code == 503
     assert response.headers["dg-error"] == "deepgram is not configured: set DEEPGRAM_API_KEY"
     assert json.loads(response.body or b"{}")["err_msg"] == response.headers["dg-error"]
+
+
+async def test_refused_handshake_logs_no_server_error(compat_gateway: Gateway) -> None:
+    """uvicorn would log an ERROR after every denial response; a refused key is not one."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep(logging.ERROR)
+    logging.getLogger("uvicorn.error").addHandler(handler)
+    try:
+        with pytest.raises(ApiError):
+            await stream(compat_gateway, AUDIO[:CHUNK], key="sg_wrong_key")
+        await asyncio.sleep(0.2)
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(handler)
+    assert not [r for r in records if "handshake" in r.getMessage()], records
