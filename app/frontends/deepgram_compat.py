@@ -28,7 +28,7 @@ from app.credentials import key_from_request
 from app.errors import GatewayError, to_gateway_error
 from app.frontends.base import WebSocketFrontend
 from app.frontends.handshake import deepgram_subprotocol_key, deny
-from app.params import SessionRequest, parse_bool, parse_list, parse_session_params
+from app.params import parse_bool, parse_list, parse_session_params
 from app.safejson import BadJson, loads_bounded
 from app.session import (
     ProviderSwitched,
@@ -152,7 +152,7 @@ class DeepgramConnection(WebSocketFrontend):
                 created = await anext(events)
                 await self.ws.accept(subprotocol=protocol, headers=self._headers(created))
                 accepted = True
-                await self._run(session, request, events)
+                await self._run(session, events)
         except WebSocketDisconnect:
             return
         except Exception as exc:
@@ -192,9 +192,7 @@ class DeepgramConnection(WebSocketFrontend):
         return json.dumps({"type": "Error", "variant": error.code, "description": error.message,
                            "message": "", "code": error.close_code})
 
-    async def _run(self, session: Session, request: SessionRequest,
-                   events: AsyncIterator[SessionEvent]) -> None:
-        self._rate = request.options.sample_rate
+    async def _run(self, session: Session, events: AsyncIterator[SessionEvent]) -> None:
         await self._supervise(session, self._read(session), self._write(events))
 
     async def _read(self, session: Session) -> None:
