@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from websockets.asyncio.client import connect  # noqa: E402
 
-from app.stabilizer import norm  # noqa: E402
+from bench.bench_local import churn  # noqa: E402
 from tests.servers import running_gateway  # noqa: E402
 from tests.speech import TWO_CITIES_TEXT, normalize, pcm  # noqa: E402
 
@@ -114,26 +114,8 @@ async def part1(seconds: float, levels: list[int]) -> None:
 # ---- part 2: churn and first results on the local engine -------------------------------
 
 
-def churn(displays: list[tuple[str, list[str]]]) -> int:
-    """Words taken back: per segment, words of a display missing from the next one's
-    common prefix."""
-    last: dict[str, list[str]] = {}
-    taken = 0
-    for seg, words in displays:
-        before = last.get(seg, [])
-        common = 0
-        for x, y in zip(before, words, strict=False):
-            if norm(x) != norm(y):
-                break
-            common += 1
-        taken += len(before) - common
-        last[seg] = words
-    return taken
-
-
 async def native_run(url: str, key: str, audio: bytes) -> dict[str, Any]:
-    raw: list[tuple[str, list[str]]] = []
-    settled: list[tuple[str, list[str]]] = []
+    transcripts: list[dict[str, Any]] = []
     first_partial = first_settled = None
     start = time.perf_counter()
     async with connect(f"{url}/v1/transcribe?output_format=verbose_json",
@@ -151,14 +133,14 @@ async def native_run(url: str, key: str, audio: bytes) -> dict[str, Any]:
                 continue
             now = time.perf_counter() - start
             words = m["text"].split()
-            raw.append((m["segment_id"], words))
-            settled.append((m["segment_id"], words[:m.get("stable_words", 0)]))
+            transcripts.append(m)
             if not m["is_final"] and first_partial is None and words:
                 first_partial = now
             if m.get("stable_words", 0) and first_settled is None:
                 first_settled = now
         await sender
-    return {"raw": churn(raw), "settled": churn(settled), "first_partial": first_partial,
+    return {"raw": churn(transcripts), "settled": churn(transcripts, settled_only=True),
+            "first_partial": first_partial,
             "first_settled": first_settled}
 
 
