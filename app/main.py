@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 
 # Optional front-end modules: each exports `routes` (and may export `mount(app, gateway)`).
 FRONTENDS = ("app.frontends.admin", "app.frontends.xrx", "app.frontends.prosa",
-             "app.frontends.socketio")
+             "app.frontends.socketio", "app.frontends.deepgram_compat",
+             "app.frontends.openai_realtime", "app.frontends.openai_batch")
 
 
 def _frontend_modules() -> list[object]:

@@ -13,9 +13,11 @@ by the same ``STT_PROVIDER`` variable on both sides:
   come back whenever the recognizer finalizes one.
 
 Here the model comes from ``?model=`` or the operator's `Settings.stt_provider` mapping, the
-mode from ``?mode=utterance|stream`` or the same mapping. Keys work as on every endpoint (header
-or ``api_key``); xrx clients send none, so an operator may attribute keyless connections to a
-named key (`Settings.anonymous_key_id`). Failures close with the codes of API.md §1.5.
+mode from ``?mode=utterance|stream``, the same mapping, or (no flag: ``auto``) the first frame:
+a frame of 0.3 s or more is a whole utterance, smaller frames are a stream. Keys work as on
+every endpoint (header or ``api_key``); xrx clients send none, so an operator may attribute
+keyless connections to a named key (`Settings.anonymous_key_id`). Failures close with the
+codes of API.md §1.5.
 """
 
 from __future__ import annotations
@@ -46,7 +48,24 @@ STT_PROVIDER_MODELS: dict[str, str | None] = {
 }
 # Providers whose xrx client streams continuously instead of sending VAD-cut utterances.
 STREAMING_PROVIDERS = frozenset({"deepgram"})
-MODES = ("utterance", "stream")
+MODES = ("utterance", "stream", "auto")
+# A VAD-cut utterance is speech plus ~250 ms of silence: never shorter than this. Streaming
+# clients send frames of 20-250 ms. The first frame tells the two apart (mode "auto").
+UTTERANCE_MIN_SECONDS = 0.3
+
+
+def detect_mode(frame_bytes: int, sample_rate: int) -> str:
+    """``utterance`` when a frame is long enough to be a whole VAD-cut utterance, else
+    ``stream`` (small frames: transcripts come back as the recognizer finalizes them)."""
+    seconds = frame_bytes / (2 * sample_rate)
+    return "utterance" if seconds >= UTTERANCE_MIN_SECONDS else "stream"
+
+
+def configured_mode(query_mode: str | None, stt_provider: str) -> str:
+    """``?mode=`` when given, ``stream`` for the streaming providers' clients, else ``auto``."""
+    if query_mode:
+        return query_mode
+    return "stream" if stt_provider.strip().lower() in STREAMING_PROVIDERS else "auto"
 
 
 def provider_model(stt_provider: str, default_model: str) -> str:
@@ -65,8 +84,9 @@ async def anonymous_principal(gateway: Gateway) -> Principal:
     """The principal for a keyless connection, when the operator enabled `anonymous_key_id`."""
     anonymous = getattr(gateway.access, "anonymous", None)
     if not gateway.settings.anonymous_key_id or anonymous is None:
-        raise GatewayError(4401, "missing API key: send X-API-Key or Authorization, add "
-                                 "?api_key=, or have the operator set anonymous_key_id",
+        raise GatewayError(4401, "missing API key: send X-API-Key, Authorization or "
+                                 "?api_key=, or set SPEECHGATE_ANONYMOUS_KEY_ID "
+                                 "(anonymous_key_id)",
                            code="missing_key")
     try:
         principal: Principal = await anonymous()
@@ -89,12 +109,10 @@ class XrxConnection(WebSocketFrontend):
         params["output_format"] = ["text"]
         request = parse_session_params(params, default_model=provider_model(
             settings.stt_provider, settings.default_model))
-        self.mode = query.get("mode") or (
-            "stream" if settings.stt_provider.strip().lower() in STREAMING_PROVIDERS
-            else "utterance")
+        self.mode = configured_mode(query.get("mode"), settings.stt_provider)
         if self.mode not in MODES:
-            raise GatewayError(4400, "invalid parameter mode: expected utterance or stream",
-                               code="invalid_parameter")
+            raise GatewayError(4400, "invalid parameter mode: expected utterance, stream or "
+                                     "auto", code="invalid_parameter")
         secret = key_from_request(self.ws.headers, query)
         if secret is not None:
             principal = await self.gateway.authenticate(secret, self.client_host)
@@ -106,7 +124,7 @@ class XrxConnection(WebSocketFrontend):
     async def _run(self, session: Session) -> None:
         # In utterance mode xrx sends nothing between utterances; the open connection itself
         # is the activity, so it is kept alive.
-        helpers = [self._keepalive(session)] if self.mode == "utterance" else []
+        helpers = [self._keepalive(session)] if self.mode != "stream" else []
         await self._supervise(session, self._read(session), self._write(session), *helpers)
 
     async def _read(self, session: Session) -> None:
@@ -126,6 +144,8 @@ class XrxConnection(WebSocketFrontend):
                 return
             if session.input_closed:
                 continue
+            if self.mode == "auto":
+                self.mode = detect_mode(len(data), session.request.options.sample_rate)
             await session.send_audio(data)
             if self.mode == "utterance":
                 await session.finalize()  # one frame is one utterance: transcribe it now
@@ -164,7 +184,7 @@ class XrxConnection(WebSocketFrontend):
 
     async def _keepalive(self, session: Session) -> None:
         interval = max(0.05, self.gateway.settings.idle_timeout / 3)
-        while True:
+        while self.mode != "stream":  # a streaming client's silence is idleness
             session.touch()
             await asyncio.sleep(interval)
 
