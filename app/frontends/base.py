@@ -1,8 +1,10 @@
-"""What every WebSocket front-end shares: guarded sends, one close, failures, task supervision.
+"""What every WebSocket front-end shares: reading frames, guarded sends, one close, failures,
+task supervision.
 
 A front-end subclasses `WebSocketFrontend` and writes only its wire protocol: how it reads the
 key and options, how it turns client frames into session calls (its reader) and session events
-into frames (its writer).
+into frames (its writer). It is served by a Starlette `WebSocketRoute` made by `websocket_route`
+(see the route table in `app.main`).
 """
 
 from __future__ import annotations
@@ -13,18 +15,63 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Coroutine
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from app.errors import GatewayError, to_gateway_error
 from app.gateway import Gateway
 from app.params import SessionRequest
+from app.safejson import BadJson, loads_bounded
 from app.session import Session, open_session
 from auth.base import Principal
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A text frame: its JSON value, or (`error`) why it is not acceptable JSON."""
+
+    text: str
+    value: Any = None
+    error: str | None = None
+
+    def json(self) -> Any:
+        """The value, or a 4400 naming the cause (where a bad message is fatal)."""
+        if self.error is not None:
+            raise GatewayError(4400, self.error, code="invalid_message")
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    """The client left (or the server closed the connection under it)."""
+
+    code: int
+    reason: str = ""
+
+
+Frame = bytes | Message | Disconnect
+
+
+async def cancel_and_wait(*tasks: asyncio.Future[Any]) -> None:
+    """Cancel `tasks` and wait until they have finished. The caller's own cancellation is not
+    swallowed: if it is cancelled while waiting, `CancelledError` propagates (the tasks are
+    cancelled already). A task's failure other than cancellation is logged, never lost."""
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return
+    await asyncio.wait(tasks)
+    for task in tasks:
+        if task.cancelled():
+            continue
+        exc = task.exception()
+        if exc is not None and not isinstance(exc, GatewayError | WebSocketDisconnect | OSError):
+            logger.error("task %s failed while being cancelled", task, exc_info=exc)
 
 
 class WebSocketFrontend(ABC):
@@ -58,6 +105,32 @@ class WebSocketFrontend(ABC):
     @property
     def client_host(self) -> str | None:
         return self.ws.client.host if self.ws.client else None
+
+    async def read_frame(self) -> Frame:
+        """The client's next frame: audio (`bytes`), a text `Message` parsed within the JSON
+        limits of `app.safejson`, or `Disconnect`. Raises `GatewayError` 1009 for a frame over
+        ``max_frame_bytes`` (the server's protocol normally closes those before they get
+        here, see `app.protocols`)."""
+        message = await self.ws.receive()
+        if message["type"] == "websocket.disconnect":
+            code = int(message.get("code") or 1005)
+            if code == 1009:  # the protocol refused an oversized frame and closed
+                self._closed = True
+                self.gateway.metrics.session_error(1009)
+                logger.info("%s: closed 1009: %s", self.label, message.get("reason") or "")
+            return Disconnect(code, message.get("reason") or "")
+        data = message.get("bytes")
+        limit = self.gateway.settings.max_frame_bytes
+        if data is not None:
+            if len(data) > limit:
+                raise GatewayError(1009, f"frame of {len(data)} bytes is over the limit of "
+                                         f"{limit} bytes (max_frame_bytes)")
+            return bytes(data)
+        text = message.get("text") or ""
+        try:
+            return Message(text, loads_bounded(text))
+        except BadJson as exc:
+            return Message(text, error=str(exc))
 
     def error_frame(self, error: GatewayError) -> str | None:
         """The frame announcing a fatal error before the close (None: the close says it)."""
@@ -95,7 +168,7 @@ class WebSocketFrontend(ABC):
         The writer ends the connection (it closes after the last event). If the reader fails,
         the connection fails with its error; if the client sent end of stream, the writer
         delivers what remains; if the client left, everything stops (the session then closes
-        its upstream).
+        its upstream). A failing writer fails the connection too.
         """
         read = asyncio.create_task(reader, name=f"{session.id}:{self.label}-read")
         write = asyncio.create_task(writer, name=f"{session.id}:{self.label}-write")
@@ -107,35 +180,18 @@ class WebSocketFrontend(ABC):
                 if exc is not None and not isinstance(exc, WebSocketDisconnect):
                     await self._fail(to_gateway_error(exc))
                 elif exc is None and session.input_closed:
-                    await write  # end of stream: deliver the remaining results, then close
+                    await asyncio.wait({write})  # end of stream: the remaining results
+            if write.done() and not write.cancelled():
+                exc = write.exception()
+                if exc is not None and not isinstance(exc, WebSocketDisconnect):
+                    await self._fail(to_gateway_error(exc))
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(BaseException):
-                    await task
+            await cancel_and_wait(*tasks)
 
 
-class WebSocketFrontends:
-    """The ASGI layer in front of Starlette that serves the WebSocket front-ends.
+def websocket_route(path: str, frontend: type[WebSocketFrontend]) -> WebSocketRoute:
+    """The route serving `frontend` at `path`, with the app's gateway."""
+    async def endpoint(websocket: WebSocket) -> None:
+        await frontend(websocket, websocket.app.state.gateway).serve()
 
-    A front-end's connection gets uvicorn's own ``receive``/``send``: through Starlette's
-    router every message would also pass two exception-handling send wrappers, which a
-    front-end does not need (`WebSocketFrontend.serve` turns every failure into a close).
-    A module registers its endpoints as ``frontends = {path: WebSocketFrontend subclass}``.
-    Everything else (HTTP, other paths) goes to `app`.
-    """
-
-    def __init__(self, app: ASGIApp, gateway: Gateway,
-                 frontends: dict[str, type[WebSocketFrontend]]) -> None:
-        self.app = app
-        self.gateway = gateway
-        self.frontends = frontends
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            frontend = self.frontends.get(scope["path"])
-            if frontend is not None:
-                await frontend(WebSocket(scope, receive, send), self.gateway).serve()
-                return
-        await self.app(scope, receive, send)
+    return WebSocketRoute(path, endpoint, name=frontend.__name__)

@@ -27,6 +27,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -34,13 +35,17 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import socketio
-from starlette.routing import BaseRoute
+from socketio import packet as packet_types
+from socketio.packet import Packet
+from starlette.types import ASGIApp
 
 from adapters import base as ab
 from app.credentials import key_from_request
 from app.errors import GatewayError, to_gateway_error
+from app.frontends.base import cancel_and_wait
 from app.gateway import Gateway
 from app.params import SessionRequest, parse_session_params
+from app.safejson import BadJson, loads_bounded
 from app.session import (
     Session,
     SessionCreated,
@@ -54,6 +59,8 @@ from auth.base import Principal
 logger = logging.getLogger(__name__)
 
 SOCKETIO_PATH = "api/stt-realtime-socket"
+# The event a packet that does not parse becomes (see `bounded_packet_class`).
+INVALID_EVENT = "speechgate-invalid-packet"
 QUEUE_CHUNKS = 16  # audio chunks buffered per session before the socket stops being read
 
 
@@ -126,9 +133,7 @@ class _SocketSession:
                 try:
                     code, reason = await self._relay(session)
                 finally:
-                    feeder.cancel()
-                    with contextlib.suppress(BaseException):
-                        await feeder
+                    await cancel_and_wait(feeder)
         except Exception as exc:  # the session could not start, or failed
             error = to_gateway_error(exc)
             await emit("session-error", {"error": error.message, "code": error.close_code},
@@ -174,27 +179,71 @@ class _SocketSession:
         return 1000, "session ended"
 
 
+def bounded_packet_class(max_bytes: int) -> type[Packet]:
+    """Socket.IO packets whose JSON is parsed by `loads_bounded` (size and depth limits).
+
+    A packet that does not parse becomes the event `INVALID_EVENT` carrying the cause (or, for
+    a CONNECT, auth data naming it), so that the client is told instead of the server logging
+    a traceback."""
+
+    class BoundedJson:
+        dumps = staticmethod(json.dumps)
+
+        @staticmethod
+        def loads(text: str | bytes, *args: Any, **kwargs: Any) -> Any:
+            return loads_bounded(text, max_bytes=max_bytes)
+
+    class BoundedPacket(Packet):  # type: ignore[misc]
+        json = BoundedJson
+
+        def decode(self, encoded_packet: Any) -> int:
+            try:
+                return int(super().decode(encoded_packet))
+            except (BadJson, ValueError) as exc:  # python-socketio raises ValueError too
+                cause = str(exc)[:200]
+                kind: Any = getattr(self, "packet_type", None)
+                data: Any = {INVALID_EVENT: cause}
+                if kind != packet_types.CONNECT:
+                    kind, data, self.id = packet_types.EVENT, [INVALID_EVENT, cause], None
+                self.packet_type, self.data = kind, data
+                return 0
+
+    return BoundedPacket
+
+
 class SocketIOFrontend:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         max_bytes = gateway.settings.max_frame_bytes
+        buffer = max_bytes * 4 // 3 + 4096  # an audio-chunk of max_frame_bytes, in base64
         # async_handlers=False: one client's events run in order, and awaiting in a handler
         # stops reading that client (backpressure) without touching the others.
         self.sio = socketio.AsyncServer(
             async_mode="asgi", cors_allowed_origins="*", async_handlers=False,
-            max_http_buffer_size=max_bytes * 4 // 3 + 4096)
+            max_http_buffer_size=buffer, serializer=bounded_packet_class(buffer))
         self.clients: dict[str, _Client] = {}
         self.sio.on("connect", self.connect)
         self.sio.on("disconnect", self.disconnect)
         self.sio.on("start-session", self.start_session)
         self.sio.on("audio-chunk", self.audio_chunk)
         self.sio.on("stop-session", self.stop_session)
+        self.sio.on(INVALID_EVENT, self.invalid_packet)
 
     async def emit(self, event: str, data: Any, sid: str) -> None:
         with contextlib.suppress(Exception):  # the client may be gone already
             await self.sio.emit(event, data, to=sid)
 
+    async def invalid_packet(self, sid: str, cause: Any = None) -> None:
+        await self.emit("session-error", {"error": f"invalid packet ignored: {cause}",
+                                          "code": 4400}, sid)
+
     async def connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        if isinstance(auth, dict) and INVALID_EVENT in auth:
+            self.gateway.metrics.session_error(4400)
+            raise socketio.exceptions.ConnectionRefusedError(
+                f"invalid connect packet: {auth[INVALID_EVENT]}",
+                {"status": 400, "code": 4400,
+                 "message": f"invalid connect packet: {auth[INVALID_EVENT]}"})
         query = {k: v for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
         headers = {"authorization": environ.get("HTTP_AUTHORIZATION", ""),
                    "x-api-key": environ.get("HTTP_X_API_KEY", "")}
@@ -278,18 +327,7 @@ class SocketIOFrontend:
         await client.session.put(None)
 
 
-class _SocketIOApp(socketio.ASGIApp):  # type: ignore[misc]
-    """python-socketio's ASGI wrapper, keeping the wrapped app's ``state`` reachable."""
-
-    def __init__(self, frontend: SocketIOFrontend, app: Any) -> None:
-        super().__init__(frontend.sio, other_asgi_app=app, socketio_path=SOCKETIO_PATH)
-        self.frontend = frontend
-        self.state = getattr(app, "state", None)
-
-
-def mount(app: Any, gateway: Gateway) -> Any:
-    """Wrap the ASGI app: ``/api/stt-realtime-socket/`` goes to Socket.IO, the rest to `app`."""
-    return _SocketIOApp(SocketIOFrontend(gateway), app)
-
-
-routes: list[BaseRoute] = []
+def asgi_app(gateway: Gateway) -> ASGIApp:
+    """The Socket.IO endpoint, mounted at ``/api/stt-realtime-socket`` by the route table."""
+    app: ASGIApp = socketio.ASGIApp(SocketIOFrontend(gateway).sio, socketio_path=SOCKETIO_PATH)
+    return app
