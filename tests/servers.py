@@ -141,6 +141,14 @@ def running_gateway(**overrides: Any) -> Iterator[Gateway]:
         thread.join(30)
 
 
+async def sessions_gone(gateway: Gateway, within: float = 15.0) -> None:
+    """Wait (bounded) until the gateway served in this process holds no session."""
+    state = gateway.app.state.gateway
+    async with asyncio.timeout(within):
+        while state.sessions:  # noqa: ASYNC110 - the sessions live in the server's thread
+            await asyncio.sleep(0.02)
+
+
 @contextlib.contextmanager
 def gateway_process(env: dict[str, str] | None = None,
                     port: int | None = None) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
