@@ -89,6 +89,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
         self._refusal: tuple[int, str, str] | None = None
+        self._received_at = 0.0
+        self._linger_until = 0.0
 
     def _arm_head_timer(self) -> None:
         if self._head_timer is None:
@@ -152,7 +154,25 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._cancel_head_timer()
         logger.info("%s: %d %s", self.client[0] if self.client else "client", status, text)
         self.transport.write(_plain_response(status, phrase, text))
-        self.transport.close()
+        self._linger_until = self.loop.time() + LINGER_SECONDS
+        self._linger()
+
+    def data_received(self, data: bytes) -> None:
+        self._received_at = self.loop.time()
+        if self._refusal is not None:
+            return  # the rest of a refused request: read and dropped until the client stops
+        super().data_received(data)
+
+    def _linger(self) -> None:
+        """Close once the client stopped sending the refused request: closing with unread
+        data would reset the connection and lose the response on its way."""
+        if self.transport.is_closing():
+            return
+        now = self.loop.time()
+        if now - self._received_at >= LINGER_QUIET or now >= self._linger_until:
+            self.transport.close()
+        else:
+            self.loop.call_later(LINGER_QUIET, self._linger)
 
 
 class _ServerConnection(ServerProtocol):
