@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 def route_table(gateway: Gateway) -> list[BaseRoute]:
     """Every endpoint of the gateway (shared/API.md), in one table."""
+    sio = socketio.asgi_app(gateway)
     table: list[BaseRoute] = [
         # HTTP: catalogue, health, metrics, the demo page
         Route("/", routes.demo_page),
@@ -41,7 +42,9 @@ def route_table(gateway: Gateway) -> list[BaseRoute]:
         Route("/v1/transcribe", transcribe_file, methods=["POST"]),
         websocket_route("/api/v1/ws", XrxConnection),
         websocket_route("/v2/speech/stt", ProsaConnection),
-        Mount("/" + socketio.SOCKETIO_PATH, app=socketio.asgi_app(gateway)),
+        Mount("/" + socketio.SOCKETIO_PATH, app=sio),
+        Route("/" + socketio.SOCKETIO_PATH, sio),  # clients with addTrailingSlash: false
+        WebSocketRoute("/" + socketio.SOCKETIO_PATH, sio),
         # Keys, tokens and usage (§3)
         Route("/v1/admin/keys", admin.keys_collection, methods=["GET", "POST"]),
         Route("/v1/admin/keys/{key_id}", admin.key_item, methods=["GET", "PATCH", "DELETE"]),

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from app.credentials import key_from_request
@@ -72,6 +72,9 @@ def _errors_mapped(handler: Endpoint) -> Endpoint:
     async def endpoint(request: Request) -> Response:
         try:
             return await handler(request)
+        except ClientDisconnect:  # the client left mid-request: nobody to answer, no error
+            logger.debug("%s %s: client disconnected", request.method, request.url.path)
+            return Response(status_code=400)
         except KeyNotFound as exc:
             return error_response(GatewayError(4404, f"no key with id {exc.args[0]}"[:123],
                                                code="key_not_found"))

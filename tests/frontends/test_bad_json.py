@@ -9,6 +9,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
@@ -154,3 +155,19 @@ async def test_socketio_bad_connect_packet_is_refused_4400(gateway: Gateway,
         assert refusal["data"]["code"] == 4400 and "digits" in refusal["message"]
     finally:
         await ws.close()
+
+
+async def test_socketio_path_without_trailing_slash(gateway: Gateway, logs: LogRecords) -> None:
+    """The route table mounts Socket.IO at its path with and without the trailing slash
+    (socket.io-client's ``addTrailingSlash: false``)."""
+    url = (f"{gateway.ws_url}/api/stt-realtime-socket?EIO=4&transport=websocket"
+           f"&api_key={gateway.dev_key}")
+    ws = await _engineio_open(url)
+    try:
+        await ws.send("40")
+        assert (await _socketio_event(ws))[0].startswith("40")
+    finally:
+        await ws.close()
+    async with httpx.AsyncClient(base_url=gateway.http_url) as http:
+        polling = await http.get("/api/stt-realtime-socket?EIO=4&transport=polling")
+    assert polling.status_code == 200 and polling.text.startswith("0{")
