@@ -13,8 +13,7 @@ import asyncio
 import contextlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Coroutine
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +81,8 @@ class WebSocketFrontend(ABC):
         self.gateway = gateway
         self._send_lock = asyncio.Lock()
         self._closed = False
+        self._in_session = False
+        self._pending_close: tuple[int, str] | None = None
 
     async def serve(self) -> None:
         """Accept, speak the protocol, and end every failure with a close naming its cause."""
@@ -97,10 +98,21 @@ class WebSocketFrontend(ABC):
     async def _serve(self) -> None:
         """The protocol: authenticate, build the request, open the session, run it."""
 
-    def _open_session(self, request: SessionRequest,
-                      principal: Principal) -> AbstractAsyncContextManager[Session]:
-        return open_session(self.gateway, request, principal,
-                            origin=self.ws.headers.get("origin"))
+    @contextlib.asynccontextmanager
+    async def _open_session(self, request: SessionRequest,
+                            principal: Principal) -> AsyncIterator[Session]:
+        """The session; a close asked for while it is open is sent once it has ended, so
+        the key's lease is released (and usage written) before the client sees the close
+        and may reconnect at once."""
+        self._in_session = True
+        try:
+            async with open_session(self.gateway, request, principal,
+                                    origin=self.ws.headers.get("origin")) as session:
+                yield session
+        finally:
+            self._in_session = False
+            if self._pending_close is not None:
+                await self._close(*self._pending_close)
 
     @property
     def client_host(self) -> str | None:
@@ -154,6 +166,9 @@ class WebSocketFrontend(ABC):
 
     async def _close(self, code: int, reason: str) -> None:
         if self._closed:
+            return
+        if self._in_session:  # sent when the session has released its lease
+            self._pending_close = self._pending_close or (code, reason)
             return
         self._closed = True
         if self.ws.application_state == WebSocketState.CONNECTED:
