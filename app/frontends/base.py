@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,21 +56,34 @@ class Disconnect:
 Frame = bytes | Message | Disconnect
 
 
-async def cancel_and_wait(*tasks: asyncio.Future[Any]) -> None:
-    """Cancel `tasks` and wait until they have finished. The caller's own cancellation is not
-    swallowed: if it is cancelled while waiting, `CancelledError` propagates (the tasks are
-    cancelled already). A task's failure other than cancellation is logged, never lost."""
-    for task in tasks:
+async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any] | None]) -> None:
+    """Cancel `tasks` (the caller's own task, None and finished ones are skipped) and wait
+    until each has ended. The caller's own cancellation is not swallowed: if it is cancelled
+    meanwhile, the tasks still finish their cleanup, then `CancelledError` propagates. A
+    task's failure other than a client-side one is logged, never lost.
+
+    (Same contract as the session core's `adapters/_tasks.cancel_and_wait`, written on a
+    parallel branch: after the merge this one can be that one.)"""
+    current = asyncio.current_task()
+    pending = {task for task in tasks if task is not None and task is not current}
+    for task in pending:
         task.cancel()
-    if not tasks:
-        return
-    await asyncio.wait(tasks)
-    for task in tasks:
+    cancelled = False
+    waiting = {task for task in pending if not task.done()}
+    while waiting:
+        try:
+            await asyncio.wait(waiting)
+        except asyncio.CancelledError:
+            cancelled = True  # ours: let the children finish (they are cancelled already)
+        waiting = {task for task in waiting if not task.done()}
+    for task in pending:
         if task.cancelled():
             continue
         exc = task.exception()
         if exc is not None and not isinstance(exc, GatewayError | WebSocketDisconnect | OSError):
-            logger.error("task %s failed while being cancelled", task, exc_info=exc)
+            logger.error("task %r failed while being cancelled", task, exc_info=exc)
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 class WebSocketFrontend(ABC):
@@ -201,7 +214,7 @@ class WebSocketFrontend(ABC):
                 if exc is not None and not isinstance(exc, WebSocketDisconnect):
                     await self._fail(to_gateway_error(exc))
         finally:
-            await cancel_and_wait(*tasks)
+            await cancel_and_wait(tasks)
 
 
 def websocket_route(path: str, frontend: type[WebSocketFrontend]) -> WebSocketRoute:

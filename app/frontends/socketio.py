@@ -133,7 +133,7 @@ class _SocketSession:
                 try:
                     code, reason = await self._relay(session)
                 finally:
-                    await cancel_and_wait(feeder)
+                    await cancel_and_wait([feeder])
         except Exception as exc:  # the session could not start, or failed
             error = to_gateway_error(exc)
             await emit("session-error", {"error": error.message, "code": error.close_code},
@@ -179,6 +179,20 @@ class _SocketSession:
         return 1000, "session ended"
 
 
+def _check_shape(kind: Any, data: Any) -> None:
+    """What python-socketio indexes without checking: raise ValueError instead."""
+    if kind in (packet_types.EVENT, packet_types.BINARY_EVENT):
+        if not (isinstance(data, list) and data and isinstance(data[0], str)):
+            raise ValueError("an event must be a JSON array starting with the event name")
+    elif kind in (packet_types.ACK, packet_types.BINARY_ACK):
+        if not isinstance(data, list):
+            raise ValueError("an acknowledgement must be a JSON array")
+    elif kind == packet_types.CONNECT and data is not None and not isinstance(data, dict):
+        raise ValueError("connect data must be a JSON object")
+    elif kind not in (packet_types.CONNECT, packet_types.DISCONNECT):
+        raise ValueError(f"unknown packet type {kind!r:.20}")
+
+
 def bounded_packet_class(max_bytes: int) -> type[Packet]:
     """Socket.IO packets whose JSON is parsed by `loads_bounded` (size and depth limits).
 
@@ -198,14 +212,16 @@ def bounded_packet_class(max_bytes: int) -> type[Packet]:
 
         def decode(self, encoded_packet: Any) -> int:
             try:
-                return int(super().decode(encoded_packet))
+                attachments = int(super().decode(encoded_packet))
+                _check_shape(getattr(self, "packet_type", None), getattr(self, "data", None))
+                return attachments
             except (BadJson, ValueError) as exc:  # python-socketio raises ValueError too
                 cause = str(exc)[:200]
                 kind: Any = getattr(self, "packet_type", None)
                 data: Any = {INVALID_EVENT: cause}
                 if kind != packet_types.CONNECT:
                     kind, data, self.id = packet_types.EVENT, [INVALID_EVENT, cause], None
-                self.packet_type, self.data = kind, data
+                self.packet_type, self.data, self.namespace = kind, data, None
                 return 0
 
     return BoundedPacket

@@ -27,7 +27,7 @@ async def test_cancels_and_waits_for_every_task() -> None:
 
     tasks = [asyncio.create_task(worker(n)) for n in "abc"]
     await asyncio.sleep(0)
-    await cancel_and_wait(*tasks)
+    await cancel_and_wait(tasks)
     assert sorted(cleaned) == ["a", "b", "c"] and all(t.cancelled() for t in tasks)
 
 
@@ -42,15 +42,15 @@ async def test_the_callers_cancellation_is_not_swallowed() -> None:
 
     task = asyncio.create_task(stubborn())
     await asyncio.sleep(0)
-    owner = asyncio.create_task(cancel_and_wait(task))
+    owner = asyncio.create_task(cancel_and_wait([task]))
     await asyncio.sleep(0.05)
     owner.cancel()  # the owner is cancelled while it waits
+    await asyncio.sleep(0.05)
+    assert not owner.done(), "the child's cleanup is still awaited"
+    release.set()
     with pytest.raises(asyncio.CancelledError):
         await owner
-    assert owner.cancelled()
-    release.set()
-    await asyncio.wait({task})
-    assert task.cancelled()
+    assert owner.cancelled() and task.cancelled()
 
 
 async def test_a_real_failure_is_logged(caplog: pytest.LogCaptureFixture) -> None:
@@ -60,7 +60,7 @@ async def test_a_real_failure_is_logged(caplog: pytest.LogCaptureFixture) -> Non
     task = asyncio.create_task(broken())
     await asyncio.sleep(0)
     with caplog.at_level(logging.ERROR, logger="app.frontends.base"):
-        await cancel_and_wait(task)
+        await cancel_and_wait([task])
     assert any(r.exc_info and "parser bug" in str(r.exc_info[1]) for r in caplog.records)
 
 
