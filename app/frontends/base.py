@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +96,7 @@ class WebSocketFrontend(ABC):
         self._closed = False
         self._in_session = False
         self._pending_close: tuple[int, str] | None = None
+        self._forwarding = 0  # client frames being forwarded now (see `_liveness`)
 
     async def serve(self) -> None:
         """Accept, speak the protocol, and end every failure with a close naming its cause."""
@@ -188,6 +189,25 @@ class WebSocketFrontend(ABC):
             with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
                 await self.ws.close(code, reason)
 
+    async def _forward(self, send: Awaitable[None]) -> None:
+        """Await the forwarding of one client frame (`session.send_audio`, a decoder's feed):
+        while it lasts the client counts as active (`_liveness`)."""
+        self._forwarding += 1
+        try:
+            await send
+        finally:
+            self._forwarding -= 1
+
+    async def _liveness(self, session: Session) -> None:
+        """A client whose audio we are still forwarding is not idle: when its provider is
+        slower than it (AssemblyAI takes audio in real time), one big frame can take longer
+        than the idle timeout to forward, and its next frames wait unread behind it."""
+        interval = max(0.05, self.gateway.settings.idle_timeout / 3)
+        while True:
+            await asyncio.sleep(interval)
+            if self._forwarding:
+                session.touch()
+
     async def _supervise(self, session: Session, reader: Coroutine[Any, Any, None],
                          writer: Coroutine[Any, Any, None],
                          *helpers: Coroutine[Any, Any, None]) -> None:
@@ -200,6 +220,7 @@ class WebSocketFrontend(ABC):
         """
         read = asyncio.create_task(reader, name=f"{session.id}:{self.label}-read")
         write = asyncio.create_task(writer, name=f"{session.id}:{self.label}-write")
+        helpers = (*helpers, self._liveness(session))
         tasks = [read, write, *(asyncio.create_task(h) for h in helpers)]
         try:
             done, _ = await asyncio.wait({read, write}, return_when=asyncio.FIRST_COMPLETED)

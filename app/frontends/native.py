@@ -81,7 +81,7 @@ class NativeConnection(WebSocketFrontend):
             elif session.input_closed:
                 await self._error("invalid_message", "audio after close_stream is ignored")
             else:
-                await session.send_audio(frame)
+                await self._forward(session.send_audio(frame))
 
     async def _control(self, session: Session, message: Message) -> None:
         if message.error is not None:

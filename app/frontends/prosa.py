@@ -150,7 +150,7 @@ class ProsaConnection(WebSocketFrontend):
                 await session.close_stream()
                 return
             session.touch()
-            await decoder.feed(frame)
+            await self._forward(decoder.feed(frame))
 
     async def _write(self, session: Session, label: Any) -> None:
         async for event in session.events():

@@ -120,7 +120,7 @@ class XrxConnection(WebSocketFrontend):
                 return
             if session.input_closed:
                 continue
-            await session.send_audio(frame)
+            await self._forward(session.send_audio(frame))
             if self.mode == "utterance":
                 await session.finalize()  # one frame is one utterance: transcribe it now
 

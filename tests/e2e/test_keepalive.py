@@ -115,3 +115,29 @@ def _frames(data: bytes) -> list[tuple[int, bytes]]:
         out.append((opcode, data[offset:offset + length]))
         data = data[offset + length:]
     return out
+
+
+@pytest.mark.parametrize("path", ["/v1/transcribe?output_format=json", "/v2/speech/stt",
+                                  "/api/v1/ws?mode=stream"])
+async def test_client_whose_audio_we_are_still_forwarding_is_not_idle(
+        assemblyai: Upstream, path: str) -> None:
+    """Frames of 3 s to a provider paced to real time, idle_timeout 1 s: each frame takes
+    the gateway ~3 s to forward, during which it reads nothing from the client. That client
+    is busy, not idle: no 4408."""
+    audio = BECKETT
+    frame = 3 * 32000
+    with running_gateway(default_model=MODEL, idle_timeout=1.0, auth_timeout=5.0,
+                         **assemblyai.settings()) as gw:
+        url = f"{gw.ws_url}{path}"
+        async with websockets.connect(url, ping_interval=None, max_size=None,
+                                      additional_headers={"x-api-key": gw.dev_key}) as ws:
+            if path.startswith("/v2"):
+                await ws.send(json.dumps({"model": "stt-general-online"}))
+            for i in range(0, len(audio), frame):
+                await ws.send(audio[i:i + frame])
+            await ws.send(json.dumps({"type": "close_stream"}) if path.startswith("/v1")
+                          else b"")
+            async for _ in ws:
+                pass
+        assert (ws.close_code, ws.close_reason) == (1000, "session ended")
+        await sessions_gone(gw)
