@@ -30,10 +30,14 @@ import contextlib
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
+import engineio
+import engineio.async_socket
+import engineio.packet
 import socketio
 from socketio import packet as packet_types
 from socketio.packet import Packet
@@ -227,6 +231,54 @@ def bounded_packet_class(max_bytes: int) -> type[Packet]:
     return BoundedPacket
 
 
+class _LivelySocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
+    """An engine.io socket whose ping deadline only runs while the server reads it.
+
+    With ``async_handlers=False`` a handler that awaits (an audio chunk waiting for a slow
+    provider: backpressure) stops the reading of its socket, so the client's pong waits behind
+    the events it already sent. While a handler runs the client counts as alive, and the
+    deadline of a ping sent meanwhile restarts when reading resumes (as for the WebSocket
+    keepalive, `app.protocols`)."""
+
+    busy = 0
+
+    async def check_ping_timeout(self) -> bool:
+        if self.busy and not self.closed:
+            return True
+        return bool(await super().check_ping_timeout())
+
+    async def _send_ping(self) -> None:
+        await super()._send_ping()
+        # engine.io pings again only once the pong is read, and the client drops a server
+        # that stops pinging: while we are not reading, go on pinging.
+        while True:
+            await asyncio.sleep(self.server.ping_interval)
+            if not (self.busy and self.last_ping) or self.closing or self.closed:
+                return
+            await self.send(engineio.packet.Packet(engineio.packet.PING))
+
+
+class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
+    async def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
+        socket = self.sockets.get(args[0]) if args else None
+        if event == "connect" and socket is not None:
+            socket.__class__ = _LivelySocket  # created by engine.io just before "connect"
+        if event != "message" or not isinstance(socket, _LivelySocket):
+            return await super()._trigger_event(event, *args, **kwargs)
+        socket.busy += 1
+        try:
+            return await super()._trigger_event(event, *args, **kwargs)
+        finally:
+            socket.busy -= 1
+            if socket.last_ping:  # a ping is out: its deadline runs from now
+                socket.last_ping = time.time()
+
+
+class _AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
+    def _engineio_server_class(self) -> type[engineio.AsyncServer]:
+        return _EngineIOServer
+
+
 class SocketIOFrontend:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -234,9 +286,13 @@ class SocketIOFrontend:
         buffer = max_bytes * 4 // 3 + 4096  # an audio-chunk of max_frame_bytes, in base64
         # async_handlers=False: one client's events run in order, and awaiting in a handler
         # stops reading that client (backpressure) without touching the others.
-        self.sio = socketio.AsyncServer(
+        settings = gateway.settings
+        self.sio = _AsyncServer(
             async_mode="asgi", cors_allowed_origins="*", async_handlers=False,
-            max_http_buffer_size=buffer, serializer=bounded_packet_class(buffer))
+            max_http_buffer_size=buffer, serializer=bounded_packet_class(buffer),
+            # engine.io's in-band keepalive, on the same settings as the WebSocket one
+            ping_interval=settings.ws_ping_interval or 25.0,
+            ping_timeout=settings.ws_ping_timeout or 20.0)
         self.clients: dict[str, _Client] = {}
         self.sio.on("connect", self.connect)
         self.sio.on("disconnect", self.disconnect)

@@ -15,6 +15,7 @@ import base64
 import json
 import os
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 import websockets
@@ -141,3 +142,33 @@ async def test_client_whose_audio_we_are_still_forwarding_is_not_idle(
                 pass
         assert (ws.close_code, ws.close_reason) == (1000, "session ended")
         await sessions_gone(gw)
+
+
+async def test_socketio_client_paused_is_not_closed_by_engineio_ping(
+        assemblyai: Upstream) -> None:
+    """The same over Socket.IO: engine.io pings in-band, and the pong waits behind the
+    audio-chunk events the gateway is not reading yet (ping every 1 s, 1 s to answer)."""
+    import socketio
+
+    audio = BECKETT * 2
+    closed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    client = socketio.AsyncClient(reconnection=False)
+    client.on("session-closed", lambda data: closed.set_result(data))
+    client.on("disconnect", lambda *_: closed.done() or closed.set_result("disconnected"))
+    with running_gateway(default_model=MODEL, ws_ping_interval=1.0, ws_ping_timeout=1.0,
+                         **assemblyai.settings()) as gw:
+        await client.connect(gw.http_url, socketio_path="/api/stt-realtime-socket",
+                             headers={"x-api-key": gw.dev_key}, transports=["websocket"])
+        try:
+            await client.emit("start-session", {"sampleRate": 16000})
+            for i in range(0, len(audio), 3200):  # as fast as the gateway reads
+                await client.emit("audio-chunk", {
+                    "audio_base_64": base64.b64encode(audio[i:i + 3200]).decode(),
+                    "sample_rate": 16000})
+            await client.emit("stop-session")
+            async with asyncio.timeout(120):
+                result = await closed
+        finally:
+            await client.disconnect()
+        await sessions_gone(gw)
+    assert result == {"code": 1000, "reason": "session ended"}
