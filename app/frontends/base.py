@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +84,17 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any] | None]) -> None:
             logger.error("task %r failed while being cancelled", task, exc_info=exc)
     if cancelled:
         raise asyncio.CancelledError
+
+
+async def touch_while_forwarding(session: Session, forwarding: Callable[[], bool]) -> None:
+    """A client whose audio we are still forwarding is not idle: when its provider is slower
+    than it (AssemblyAI takes audio in real time), one big frame can take longer than the idle
+    timeout to forward, and its next frames wait unread behind it. Runs until cancelled."""
+    interval = max(0.05, session.gateway.settings.idle_timeout / 3)
+    while True:
+        await asyncio.sleep(interval)
+        if forwarding():
+            session.touch()
 
 
 class WebSocketFrontend(ABC):
@@ -199,14 +210,7 @@ class WebSocketFrontend(ABC):
             self._forwarding -= 1
 
     async def _liveness(self, session: Session) -> None:
-        """A client whose audio we are still forwarding is not idle: when its provider is
-        slower than it (AssemblyAI takes audio in real time), one big frame can take longer
-        than the idle timeout to forward, and its next frames wait unread behind it."""
-        interval = max(0.05, self.gateway.settings.idle_timeout / 3)
-        while True:
-            await asyncio.sleep(interval)
-            if self._forwarding:
-                session.touch()
+        await touch_while_forwarding(session, lambda: self._forwarding > 0)
 
     async def _supervise(self, session: Session, reader: Coroutine[Any, Any, None],
                          writer: Coroutine[Any, Any, None],

@@ -46,7 +46,7 @@ from starlette.types import ASGIApp
 from adapters import base as ab
 from app.credentials import key_from_request
 from app.errors import GatewayError, to_gateway_error
-from app.frontends.base import cancel_and_wait
+from app.frontends.base import cancel_and_wait, touch_while_forwarding
 from app.gateway import Gateway
 from app.params import SessionRequest, parse_session_params
 from app.safejson import BadJson, loads_bounded
@@ -107,6 +107,7 @@ class _SocketSession:
     queue: asyncio.Queue[bytes | None] = field(
         default_factory=lambda: asyncio.Queue(QUEUE_CHUNKS))
     task: asyncio.Task[None] | None = None
+    forwarding: bool = False  # a chunk is being forwarded (see `touch_while_forwarding`)
 
     @property
     def rate(self) -> int:
@@ -134,10 +135,12 @@ class _SocketSession:
             async with open_session(self.frontend.gateway, self.request, self.client.principal,
                                     origin=self.client.origin) as session:
                 feeder = asyncio.create_task(self._feed(session))
+                alive = asyncio.create_task(touch_while_forwarding(
+                    session, lambda: self.forwarding))
                 try:
                     code, reason = await self._relay(session)
                 finally:
-                    await cancel_and_wait([feeder])
+                    await cancel_and_wait([feeder, alive])
         except Exception as exc:  # the session could not start, or failed
             error = to_gateway_error(exc)
             await emit("session-error", {"error": error.message, "code": error.close_code},
@@ -156,7 +159,11 @@ class _SocketSession:
             if item is None:
                 await session.close_stream()
                 return
-            await session.send_audio(item)
+            self.forwarding = True
+            try:
+                await session.send_audio(item)
+            finally:
+                self.forwarding = False
 
     async def _relay(self, session: Session) -> tuple[int, str]:
         emit, language = self.frontend.emit, None

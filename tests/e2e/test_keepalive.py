@@ -172,3 +172,31 @@ async def test_socketio_client_paused_is_not_closed_by_engineio_ping(
             await client.disconnect()
         await sessions_gone(gw)
     assert result == {"code": 1000, "reason": "session ended"}
+
+
+async def test_socketio_client_whose_audio_we_are_forwarding_is_not_idle(
+        assemblyai: Upstream) -> None:
+    """Audio chunks of 3 s over Socket.IO to a real-time-paced model, idle_timeout 1 s."""
+    import socketio
+
+    closed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    client = socketio.AsyncClient(reconnection=False)
+    client.on("session-closed", lambda data: closed.set_result(data))
+    frame = 3 * 32000
+    with running_gateway(default_model=MODEL, idle_timeout=1.0,
+                         **assemblyai.settings()) as gw:
+        await client.connect(gw.http_url, socketio_path="/api/stt-realtime-socket",
+                             headers={"x-api-key": gw.dev_key}, transports=["websocket"])
+        try:
+            await client.emit("start-session", {"sampleRate": 16000})
+            for i in range(0, len(BECKETT), frame):
+                await client.emit("audio-chunk", {
+                    "audio_base_64": base64.b64encode(BECKETT[i:i + frame]).decode(),
+                    "sample_rate": 16000})
+            await client.emit("stop-session")
+            async with asyncio.timeout(60):
+                result = await closed
+        finally:
+            await client.disconnect()
+        await sessions_gone(gw)
+    assert result == {"code": 1000, "reason": "session ended"}
