@@ -193,6 +193,7 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.limits = limits_of(config)
+        allow_long_websocket_urls(self.limits.max_url_bytes)  # also in worker processes
         self.conn = _ServerConnection(extensions=self.conn.available_extensions,
                                       max_size=self.limits.wire_frame_bytes,
                                       logger=logging.getLogger("uvicorn.error"),
