@@ -26,10 +26,9 @@ from starlette.websockets import WebSocketDisconnect
 from adapters import base as ab
 from app.credentials import key_from_request
 from app.errors import GatewayError, to_gateway_error
-from app.frontends.base import WebSocketFrontend
+from app.frontends.base import Disconnect, Message, WebSocketFrontend
 from app.frontends.handshake import deepgram_subprotocol_key, deny
 from app.params import parse_bool, parse_list, parse_session_params
-from app.safejson import BadJson, loads_bounded
 from app.session import (
     ProviderSwitched,
     Session,
@@ -196,32 +195,26 @@ class DeepgramConnection(WebSocketFrontend):
         await self._supervise(session, self._read(session), self._write(events))
 
     async def _read(self, session: Session) -> None:
-        max_bytes = self.gateway.settings.max_frame_bytes
         while True:
-            message = await self.ws.receive()
-            if message["type"] == "websocket.disconnect":
+            frame = await self.read_frame()
+            if isinstance(frame, Disconnect):
                 return
-            data = message.get("bytes")
-            if data is not None:
-                if len(data) > max_bytes:
-                    raise GatewayError(1009, f"frame of {len(data)} bytes is over "
-                                             f"{max_bytes} bytes")
-                if not data:  # Deepgram's older end-of-stream signal
-                    await session.close_stream()
-                elif session.input_closed:
-                    await self._schema_error("audio after CloseStream is ignored", "")
-                else:
-                    self._sha.update(data)
-                    await session.send_audio(data)
-                continue
-            await self._control(session, message.get("text") or "")
+            if isinstance(frame, Message):
+                await self._control(session, frame)
+            elif not frame:  # Deepgram's older end-of-stream signal
+                await session.close_stream()
+            elif session.input_closed:
+                await self._schema_error("audio after CloseStream is ignored", "")
+            else:
+                self._sha.update(frame)
+                await self._forward(session.send_audio(frame))
 
-    async def _control(self, session: Session, text: str) -> None:
-        try:
-            data = loads_bounded(text)
-        except BadJson as exc:
-            await self._schema_error(str(exc), text)
+    async def _control(self, session: Session, message: Message) -> None:
+        text = message.text
+        if message.error is not None:
+            await self._schema_error(message.error, text)
             return
+        data = message.value
         kind = data.get("type") if isinstance(data, dict) else None
         if kind == "KeepAlive":
             session.touch()
@@ -343,6 +336,3 @@ class DeepgramConnection(WebSocketFrontend):
                            "warnings": list(created.warnings) if created else [],
                            "provider_seconds": ended.provider_seconds},
         }
-
-
-frontends: dict[str, type[WebSocketFrontend]] = {"/v1/listen": DeepgramConnection}

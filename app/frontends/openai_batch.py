@@ -17,7 +17,6 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from app.credentials import key_from_request
 from app.errors import GatewayError, to_gateway_error
@@ -155,6 +154,3 @@ def verbose(finals: list[Any], text: str, language: str, duration: float,
         out["words"] = [{"word": w.word.strip(), "start": w.start, "end": w.end}
                         for t in finals for w in t.words]
     return out
-
-
-routes = [Route("/v1/audio/transcriptions", transcriptions, methods=["POST"])]

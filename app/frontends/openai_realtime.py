@@ -25,12 +25,11 @@ from starlette.websockets import WebSocketDisconnect
 
 from app.credentials import key_from_request
 from app.errors import GatewayError, to_gateway_error
-from app.frontends.base import WebSocketFrontend
+from app.frontends.base import Disconnect, WebSocketFrontend
 from app.frontends.g711 import decode as g711_decode
 from app.frontends.handshake import deny, openai_subprotocol_key
 from app.frontends.realtime_items import ItemTracker, event_id
 from app.params import SessionRequest, parse_session_params
-from app.safejson import BadJson, loads_bounded
 from app.session import Session, SessionEnded, SessionError, SessionEvent
 from auth.base import Principal
 
@@ -163,23 +162,25 @@ class RealtimeConnection(WebSocketFrontend):
             await self._audio(first)
             await self._supervise(session, self._read(session), self._write(events))
 
+    @property
+    def json_limit(self) -> int:
+        return self.gateway.settings.max_frame_bytes  # audio travels as base64 in JSON
+
     async def _receive(self) -> dict[str, Any] | None:
         """The next client event (None: the client left); bad JSON is reported, not fatal."""
         while True:
-            message = await self.ws.receive()
-            if message["type"] == "websocket.disconnect":
+            frame = await self.read_frame()
+            if isinstance(frame, Disconnect):
                 return None
-            text = message.get("text")
-            if text is None:
+            if isinstance(frame, bytes):
                 await self._event(error_event(
                     "invalid_message", "binary frames are not part of this protocol: send "
                     "input_audio_buffer.append with base64 audio"))
                 continue
-            try:
-                data = loads_bounded(text, max_bytes=self.gateway.settings.max_frame_bytes)
-            except BadJson as exc:
-                await self._event(error_event("invalid_json", str(exc)))
+            if frame.error is not None:
+                await self._event(error_event("invalid_json", frame.error))
                 continue
+            data = frame.value
             if not isinstance(data, dict) or not isinstance(data.get("type"), str):
                 await self._event(error_event("invalid_event", "expected a JSON object with "
                                                                "a string type"))
@@ -288,7 +289,7 @@ class RealtimeConnection(WebSocketFrontend):
         if self.session is None or not pcm:
             return
         self._sent += len(pcm) / (2 * FORMATS[self.audio_in["format"]["type"]])
-        await self.session.send_audio(pcm)
+        await self._forward(self.session.send_audio(pcm))
 
     def _update(self, session: Any) -> None:
         if not isinstance(session, dict):
@@ -380,6 +381,3 @@ class RealtimeConnection(WebSocketFrontend):
         if t.get("prompt"):
             params["initial_prompt"] = [str(t["prompt"])]
         return parse_session_params(params, default_model=self.gateway.settings.default_model)
-
-
-frontends: dict[str, type[WebSocketFrontend]] = {"/v1/realtime": RealtimeConnection}

@@ -23,16 +23,14 @@ codes of API.md §1.5.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from typing import Any
 
 from starlette.websockets import WebSocket
 
 from adapters import base as ab
 from app.credentials import key_from_request
 from app.errors import GatewayError, to_gateway_error
-from app.frontends.base import WebSocketFrontend
+from app.frontends.base import Disconnect, Message, WebSocketFrontend
 from app.gateway import Gateway
 from app.params import parse_session_params
 from app.session import Session, SessionEnded, SessionError
@@ -128,34 +126,27 @@ class XrxConnection(WebSocketFrontend):
         await self._supervise(session, self._read(session), self._write(session), *helpers)
 
     async def _read(self, session: Session) -> None:
-        max_bytes = self.gateway.settings.max_frame_bytes
         while True:
-            message = await self.ws.receive()
-            if message["type"] == "websocket.disconnect":
+            frame = await self.read_frame()
+            if isinstance(frame, Disconnect):
                 return
-            data = message.get("bytes")
-            if data is None:
-                await self._control(session, message.get("text") or "")
+            if isinstance(frame, Message):
+                await self._control(session, frame)
                 continue
-            if len(data) > max_bytes:
-                raise GatewayError(1009, f"frame of {len(data)} bytes is over {max_bytes} bytes")
-            if not data:
+            if not frame:
                 await session.close_stream()
                 return
             if session.input_closed:
                 continue
             if self.mode == "auto":
-                self.mode = detect_mode(len(data), session.request.options.sample_rate)
-            await session.send_audio(data)
+                self.mode = detect_mode(len(frame), session.request.options.sample_rate)
+            await self._forward(session.send_audio(frame))
             if self.mode == "utterance":
                 await session.finalize()  # one frame is one utterance: transcribe it now
 
-    async def _control(self, session: Session, text: str) -> None:
+    async def _control(self, session: Session, message: Message) -> None:
         """xrx sends only audio; native control messages are accepted as an extension."""
-        try:
-            data: Any = json.loads(text)
-        except json.JSONDecodeError:
-            data = None
+        data = message.value
         kind = data.get("type") if isinstance(data, dict) else None
         if kind == "close_stream":
             await session.close_stream()
@@ -163,8 +154,9 @@ class XrxConnection(WebSocketFrontend):
             await session.finalize()
         elif kind in ("keepalive", "auth"):
             session.touch()
-        else:
-            logger.info("xrx session %s: ignored text frame %.40r", session.id, text)
+        else:  # xrx has no error message: the frame is logged, and the session goes on
+            logger.info("xrx session %s: ignored text frame %.40r (%s)", session.id,
+                        message.text, message.error or "not a control message")
 
     async def _write(self, session: Session) -> None:
         pending: list[str] = []  # utterance mode: finals of the frame being transcribed
@@ -187,5 +179,3 @@ class XrxConnection(WebSocketFrontend):
         while self.mode != "stream":  # a streaming client's silence is idleness
             session.touch()
             await asyncio.sleep(interval)
-
-frontends: dict[str, type[WebSocketFrontend]] = {"/api/v1/ws": XrxConnection}
