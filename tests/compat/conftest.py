@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.fakes.providers import Upstream, upstream
-from tests.servers import Gateway, running_gateway
+from tests.servers import Gateway, running_gateway, sessions_gone
 
 
 @pytest.fixture(scope="package")
@@ -31,21 +31,13 @@ def compat_gateway(fakes: dict[str, Upstream]) -> Iterator[Gateway]:
 
 def server_state(gw: Gateway) -> Any:
     """The gateway state behind the served app (sessions still open, metrics)."""
-    app = gw.app
-    while not hasattr(app, "gateway"):
-        app = app.other_asgi_app
-    return app.gateway
+    return gw.app.state.gateway
 
 
 async def no_sessions_left(gw: Gateway) -> None:
     """The server released every session (bounded wait: the close reaches the client just
     before the session's own clean-up finishes)."""
-    state = server_state(gw)
-    for _ in range(200):
-        if not state.sessions:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{len(state.sessions)} session(s) still open on the server")
+    await sessions_gone(gw, within=10.0)
 
 
 async def read_until_closed(ws: Any) -> list[Any]:
