@@ -45,7 +45,9 @@ class ProviderError(Exception):
         self.retry_after = retry_after
 
     def __str__(self) -> str:
-        where = f"{self.provider} " if self.provider else ""
+        # "deepgram is not configured", not "deepgram deepgram is not configured"
+        named = self.provider and not self.message.startswith(self.provider)
+        where = f"{self.provider} " if named else ""
         code = f" [{self.code}]" if self.code is not None else ""
         return f"{where}{self.message}{code}"
 

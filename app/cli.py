@@ -19,9 +19,8 @@ logger = logging.getLogger("speechgate")
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
-
-    from app.main import GatewayServer, build_app
+    from app.main import build_app
+    from app.server import GatewayServer, build_config
 
     overrides: dict[str, Any] = {}
     if args.host:
@@ -47,10 +46,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         print("  try it:  .venv/bin/speechgate transcribe YOUR_FILE.wav "
               f"--url {url} --key {shown}", flush=True)
     app, gateway = build_app(settings)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port,
-                            log_level=settings.log_level, log_config=None,
-                            ws_max_size=settings.max_frame_bytes,
-                            timeout_graceful_shutdown=int(settings.drain_seconds))
+    config = build_config(app, settings, log_config=None)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after shutdown
         GatewayServer(config, gateway).run()
     return 0

@@ -69,8 +69,11 @@ class SpeechgateClient:
         url = f"{self.url}/v1/transcribe?{urlencode(query, doseq=True)}"
         text_format = query.get("output_format", "text") == "text"
         failures: list[BaseException] = []
+        # No pings: sending faster than real time, our pong would wait behind our own audio
+        # while the gateway is not reading (backpressure) and time the connection out.
         async with websockets.connect(url, additional_headers=headers, max_size=None,
-                                      open_timeout=self.open_timeout) as ws:
+                                      open_timeout=self.open_timeout,
+                                      ping_interval=None) as ws:
             sender = asyncio.create_task(
                 self._send(ws, chunks, sample_rate, realtime, on_sent, failures))
             try:

@@ -1,49 +1,71 @@
-"""The ASGI application factory and its lifespan."""
+"""The ASGI application factory, its route table and its lifespan."""
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
-import socket
 from collections.abc import AsyncIterator
 
-import uvicorn
 from starlette.applications import Starlette
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
 from app import routes
-from app.frontends import native as ws_native
-from app.frontends.base import WebSocketFrontends
+from app.frontends import admin, openai_batch, socketio
+from app.frontends.base import websocket_route
 from app.frontends.batch import transcribe_file
+from app.frontends.deepgram_compat import DeepgramConnection
+from app.frontends.native import NativeConnection
+from app.frontends.openai_realtime import RealtimeConnection
+from app.frontends.prosa import ProsaConnection
+from app.frontends.xrx import XrxConnection
 from app.gateway import Gateway, build_gateway
+from app.server import GatewayServer
 from config import Settings, load_settings
+
+__all__ = ["GatewayServer", "build_app", "route_table", "startup"]
 
 logger = logging.getLogger(__name__)
 
-# Optional front-end modules: each exports `routes` (and may export `mount(app, gateway)`).
-FRONTENDS = ("app.frontends.admin", "app.frontends.xrx", "app.frontends.prosa",
-             "app.frontends.socketio")
 
-
-def _frontend_modules() -> list[object]:
-    modules: list[object] = []
-    for name in FRONTENDS:
-        try:
-            modules.append(importlib.import_module(name))
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-    return modules
+def route_table(gateway: Gateway) -> list[BaseRoute]:
+    """Every endpoint of the gateway (shared/API.md), in one table."""
+    sio = socketio.asgi_app(gateway)
+    table: list[BaseRoute] = [
+        # HTTP: catalogue, health, metrics, the demo page
+        Route("/", routes.demo_page),
+        Route("/healthz", routes.healthz),
+        Route("/readyz", routes.readyz),
+        Route("/metrics", routes.metrics),
+        Route("/v1/models", routes.list_models),
+        # Transcription: native streaming (§1), batch (§2), compatible protocols (§5)
+        websocket_route("/v1/transcribe", NativeConnection),
+        Route("/v1/transcribe", transcribe_file, methods=["POST"]),
+        websocket_route("/api/v1/ws", XrxConnection),
+        websocket_route("/v2/speech/stt", ProsaConnection),
+        websocket_route("/v1/listen", DeepgramConnection),  # Deepgram SDKs
+        websocket_route("/v1/realtime", RealtimeConnection),  # OpenAI Realtime transcription
+        Route("/v1/audio/transcriptions", openai_batch.transcriptions, methods=["POST"]),
+        Mount("/" + socketio.SOCKETIO_PATH, app=sio),
+        Route("/" + socketio.SOCKETIO_PATH, sio),  # clients with addTrailingSlash: false
+        WebSocketRoute("/" + socketio.SOCKETIO_PATH, sio),
+        # Keys, tokens and usage (§3)
+        Route("/v1/admin/keys", admin.keys_collection, methods=["GET", "POST"]),
+        Route("/v1/admin/keys/{key_id}", admin.key_item, methods=["GET", "PATCH", "DELETE"]),
+        Route("/v1/admin/keys/{key_id}/rotate", admin.key_rotate, methods=["POST"]),
+        Route("/v1/auth/tokens", admin.mint_token, methods=["POST"]),
+        Route("/v1/usage", admin.usage, methods=["GET"]),
+    ]
+    if routes.STATIC.is_dir():
+        table.append(Mount("/static", StaticFiles(directory=routes.STATIC), name="static"))
+    return table
 
 
 def build_app(settings: Settings | None = None) -> tuple[ASGIApp, Gateway]:
     """The ASGI app and the gateway state behind it (which `GatewayServer` drains)."""
     settings = settings or load_settings()
     gateway = build_gateway(settings)
-    modules = _frontend_modules()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -55,45 +77,9 @@ def build_app(settings: Settings | None = None) -> tuple[ASGIApp, Gateway]:
             await gateway.registry.aclose()
             await gateway.access.aclose()
 
-    route_list: list[BaseRoute] = [
-        Route("/", routes.demo_page),
-        Route("/healthz", routes.healthz),
-        Route("/readyz", routes.readyz),
-        Route("/metrics", routes.metrics),
-        Route("/v1/models", routes.list_models),
-        Route("/v1/transcribe", transcribe_file, methods=["POST"]),
-    ]
-    for module in modules:
-        route_list.extend(getattr(module, "routes", []))
-    if routes.STATIC.is_dir():
-        route_list.append(Mount("/static", StaticFiles(directory=routes.STATIC), name="static"))
-    starlette = Starlette(routes=route_list, lifespan=lifespan)
-    starlette.state.gateway = gateway
-    frontends = dict(ws_native.frontends)
-    for module in modules:
-        frontends.update(getattr(module, "frontends", {}))
-    app: ASGIApp = WebSocketFrontends(starlette, gateway, frontends)
-    for module in modules:
-        mount = getattr(module, "mount", None)
-        if mount is not None:
-            app = mount(app, gateway)
+    app = Starlette(routes=route_table(gateway), lifespan=lifespan)
+    app.state.gateway = gateway
     return app, gateway
-
-
-class GatewayServer(uvicorn.Server):
-    """uvicorn, draining the gateway before it closes connections on shutdown: it stops
-    accepting, lets open sessions deliver their finals (`Gateway.drain`, bounded by
-    ``drain_seconds``), and only then lets uvicorn close what is left with 1012."""
-
-    def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
-        super().__init__(config)
-        self.gateway = gateway
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        for server in self.servers:
-            server.close()  # no new connections while draining
-        await self.gateway.drain(self.gateway.settings.drain_seconds)
-        await super().shutdown(sockets)
 
 
 async def startup(gateway: Gateway) -> None:

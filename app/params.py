@@ -8,13 +8,13 @@ plain mapping.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from adapters.base import StreamOptions
 from app.errors import GatewayError
+from app.safejson import BadJson, loads_bounded
 
 OUTPUT_FORMATS: tuple[str, ...] = ("text", "json", "verbose_json")
 BATCH_OUTPUT_FORMATS: tuple[str, ...] = (*OUTPUT_FORMATS, "srt", "vtt")
@@ -62,8 +62,8 @@ def parse_list(values: Iterable[str]) -> tuple[str, ...]:
         text = value.strip()
         if text.startswith("["):
             try:
-                parsed = json.loads(text)
-            except json.JSONDecodeError:
+                parsed = loads_bounded(text)
+            except BadJson:  # not a JSON array: taken as comma-separated text
                 parsed = None
             if isinstance(parsed, list) and all(isinstance(x, str) for x in parsed):
                 items.extend(x.strip() for x in parsed)

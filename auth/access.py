@@ -52,6 +52,17 @@ def _normalize_origin(origin: str) -> str:
     return origin.strip().rstrip("/").lower()
 
 
+def check_origin(record: KeyRecord, origin: str | None) -> None:
+    """Raise 4403 when a browser `origin` is not one of the key's `allowed_origins`
+    (requests without an Origin header, and keys without the list, pass)."""
+    if origin and record.allowed_origins:
+        wanted = _normalize_origin(origin)
+        if not any(fnmatchcase(wanted, _normalize_origin(pattern))
+                   for pattern in record.allowed_origins):
+            raise AccessDenied(4403, "key not allowed from this Origin",
+                               code="origin_not_allowed")
+
+
 class GatewayAccessControl(AccessControl):
     def __init__(self, backend: Backend, *, defaults: Quotas | None = None,
                  fail_open: bool = False, failed_auth_per_minute: int = 20,
@@ -190,12 +201,7 @@ class GatewayAccessControl(AccessControl):
                                              for pattern in record.allowed_models):
             raise AccessDenied(4403, f"key not allowed to use model {model_id}"[:123],
                                code="model_not_allowed")
-        if origin and record.allowed_origins:
-            wanted = _normalize_origin(origin)
-            if not any(fnmatchcase(wanted, _normalize_origin(pattern))
-                       for pattern in record.allowed_origins):
-                raise AccessDenied(4403, "key not allowed from this Origin",
-                                   code="origin_not_allowed")
+        check_origin(record, origin)
         quotas = resolve_quotas(record.limits, self.defaults)
         lease_id = uuid.uuid4().hex
         try:

@@ -9,6 +9,9 @@ clients that stream real speech (tests/speech.py) paced in real time to
   offline over the whole file (no padding), not from the gateway's own events;
 * streaming WER (concatenated finals vs the published text) next to the offline WER of the
   same model on the same file (faster-whisper ``transcribe`` of the whole file, beam 5);
+* partial churn: shown words later taken back (a partial's words missing from the common
+  prefix of the next display of its segment), per 100 reference words — for the raw partials
+  and for their settled prefix (``stable_words``, what the demo page shows dark);
 * CPU % (100 = one core) and peak RSS of the gateway process (psutil).
 
     .venv/bin/python -m bench.bench_local --streams 1,2,4,8
@@ -113,6 +116,27 @@ def latencies(result: StreamResult, spans: list[Speech]) -> tuple[list[float], l
     return firsts, finals
 
 
+def churn(transcripts: list[dict[str, Any]], settled_only: bool = False) -> int:
+    """Words shown then taken back, over a session's transcript events (verbose_json)."""
+    from app.stabilizer import norm
+
+    last: dict[str, list[str]] = {}
+    taken = 0
+    for e in transcripts:
+        words = e["text"].split()
+        if settled_only and not e["is_final"]:
+            words = words[:e.get("stable_words", 0)]
+        before = last.get(e["segment_id"], [])
+        common = 0
+        for x, y in zip(before, words, strict=False):
+            if norm(x) != norm(y):
+                break
+            common += 1
+        taken += len(before) - common
+        last[e["segment_id"]] = words
+    return taken
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -130,7 +154,7 @@ async def sample_process(proc: psutil.Process, stop: asyncio.Event, peak: list[i
 
 async def bench_n(url: str, data: bytes, n: int, spans: list[Speech], text: str,
                   proc: psutil.Process, stagger: float = 0.0,
-                  verbose: bool = False) -> dict[str, float]:
+                  verbose: bool = False, ref_words: float | None = None) -> dict[str, float]:
     results = [StreamResult() for _ in range(n)]
     peak = [proc.memory_info().rss]
     stop = asyncio.Event()
@@ -147,7 +171,11 @@ async def bench_n(url: str, data: bytes, n: int, spans: list[Speech], text: str,
     firsts: list[float] = []
     finals: list[float] = []
     wers = []
+    raw_churn = settled_churn = 0
     for r in results:
+        transcripts = [e for _, e in r.events if e.get("type") == "transcript"]
+        raw_churn += churn(transcripts)
+        settled_churn += churn(transcripts, settled_only=True)
         f, g = latencies(r, spans)
         firsts += f
         finals += g
@@ -159,6 +187,8 @@ async def bench_n(url: str, data: bytes, n: int, spans: list[Speech], text: str,
     return {"n": n, "first_p50": pct(firsts, 50), "first_p95": pct(firsts, 95),
             "final_p50": pct(finals, 50), "final_p95": pct(finals, 95),
             "wer": statistics.mean(wers), "utterances": len(finals) / n,
+            "churn": 100 * raw_churn / (n * (ref_words or len(text.split()))),
+            "churn_settled": 100 * settled_churn / (n * (ref_words or len(text.split()))),
             "cpu": 100 * cpu, "rss_mib": peak[0] / 2**20}
 
 
@@ -168,6 +198,7 @@ async def main_async(args: argparse.Namespace) -> None:
         data = data[: int(args.seconds * RATE) * 2]
     audio = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
     text = TEXTS[args.audio]
+    ref_words = len(text.split()) * min(1.0, len(data) / len(pcm(args.audio)))
     spans = speech_spans(audio)
     print(f"audio {args.audio}: {len(audio) / RATE:.1f} s, {len(spans)} utterances (offline VAD)")
     offline = offline_wer(audio, text)
@@ -181,12 +212,15 @@ async def main_async(args: argparse.Namespace) -> None:
         print(f"gateway pid {popen.pid} on port {port}, idle RSS "
               f"{proc.memory_info().rss / 2**20:.0f} MiB, {psutil.cpu_count()} CPUs")
         print(f"{'N':>3} {'first partial p50/p95 s':>24} {'final p50/p95 s':>18} "
-              f"{'WER %':>6} {'utt/stream':>10} {'CPU %':>6} {'peak RSS MiB':>12}")
+              f"{'WER %':>6} {'utt/stream':>10} {'churn raw/settled':>18} {'CPU %':>6} "
+              f"{'peak RSS MiB':>12}")
         for n in args.streams:
-            row = await bench_n(url, data, n, spans, text, proc, args.stagger, args.verbose)
+            row = await bench_n(url, data, n, spans, text, proc, args.stagger, args.verbose,
+                                ref_words)
             print(f"{n:>3} {row['first_p50']:>11.2f} / {row['first_p95']:<10.2f} "
                   f"{row['final_p50']:>8.2f} / {row['final_p95']:<7.2f} "
-                  f"{100 * row['wer']:>6.1f} {row['utterances']:>10.1f} {row['cpu']:>6.0f} "
+                  f"{100 * row['wer']:>6.1f} {row['utterances']:>10.1f} "
+                  f"{row['churn']:>9.1f} / {row['churn_settled']:<6.1f} {row['cpu']:>6.0f} "
                   f"{row['rss_mib']:>12.0f}", flush=True)
 
 

@@ -81,6 +81,19 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     # Seconds given to open sessions to finish when the server shuts down (close 1012 after).
     drain_seconds: float = 5.0
+    # A connection must send its whole request line and headers within this many seconds.
+    handshake_timeout: float = Field(10.0, gt=0)
+    # Longest request target (path + query) accepted; longer ones get HTTP 414.
+    max_url_bytes: int = Field(32 * 1024, ge=1024)
+    # All request headers together; more gets HTTP 431.
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are trusted (comma-separated IPs or
+    # CIDRs, "*" for any). Empty: none, the client address is the TCP peer's.
+    forwarded_allow_ips: str = ""
+    # WebSocket keepalive: a ping every interval; no pong within the timeout closes 1011, but
+    # only while the gateway is reading (a client we are slowing down is never timed out).
+    ws_ping_interval: float | None = Field(20.0, gt=0)
+    ws_ping_timeout: float | None = Field(20.0, gt=0)
 
     # --- sessions (shared/API.md §1) ------------------------------------------------------
     default_model: str = "local.tiny.en"

@@ -115,18 +115,15 @@ def running_gateway(**overrides: Any) -> Iterator[Gateway]:
 
     Keyword arguments override settings (e.g. ``idle_timeout=1.0``, ``redis_url=...``).
     """
-    import uvicorn
-
-    from app.main import GatewayServer, build_app
+    from app.main import build_app
+    from app.server import GatewayServer, build_config
     from config import load_settings
 
     port = free_port()
     dev_key = str(overrides.pop("dev_key", "sg_test_" + os.urandom(8).hex()))
     settings = load_settings(host="127.0.0.1", port=port, dev_key=dev_key, **overrides)
     app, state = build_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            ws_max_size=settings.max_frame_bytes, lifespan="on",
-                            timeout_graceful_shutdown=int(settings.drain_seconds))
+    config = build_config(app, settings, log_level="warning", lifespan="on")
     server = GatewayServer(config, state)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
     thread.start()
@@ -142,6 +139,14 @@ def running_gateway(**overrides: Any) -> Iterator[Gateway]:
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+async def sessions_gone(gateway: Gateway, within: float = 15.0) -> None:
+    """Wait (bounded) until the gateway served in this process holds no session."""
+    state = gateway.app.state.gateway
+    async with asyncio.timeout(within):
+        while state.sessions:  # noqa: ASYNC110 - the sessions live in the server's thread
+            await asyncio.sleep(0.02)
 
 
 @contextlib.contextmanager

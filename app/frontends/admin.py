@@ -1,7 +1,11 @@
 """Key administration, short-lived tokens and usage over HTTP (shared/API.md §3).
 
 - ``/v1/admin/keys`` …: admin token (``Authorization: Bearer $SPEECHGATE_ADMIN_TOKEN``).
-- ``POST /v1/auth/tokens`` and ``GET /v1/usage``: an API key, found as for the WebSocket.
+- ``POST /v1/auth/tokens`` and ``GET /v1/usage``: an API key, found as for the WebSocket,
+  and the key's ``allowed_origins`` checked against the Origin header.
+
+Bodies are JSON objects parsed by `app.safejson.loads_bounded` (a bad one is a 400 naming the
+cause). The routes are listed in the app's route table (`app.main.route_table`).
 
 Errors are ``{"error": {"code", "message"}}`` with the HTTP status of the close-code table.
 """
@@ -9,18 +13,18 @@ Errors are ``{"error": {"code", "message"}}`` with the HTTP status of the close-
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from app.credentials import key_from_request
 from app.errors import GatewayError, to_gateway_error
+from app.safejson import MAX_JSON_BYTES, BadJson, loads_bounded
 from auth import AccessDenied, GatewayAccessControl, KeyNotFound, Principal, StoreUnavailable
+from auth.access import check_origin
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +49,19 @@ def _client(request: Request) -> str | None:
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
+    """The request's JSON object, read and parsed within `app.safejson`'s limits."""
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_JSON_BYTES:
+            raise GatewayError(4413, f"request body over {MAX_JSON_BYTES} bytes",
+                               code="payload_too_large")
     if not raw.strip():
         return {}
     try:
-        data = json.loads(raw)
-    except ValueError:
-        raise GatewayError(4400, "request body is not valid JSON") from None
+        data = loads_bounded(bytes(raw))
+    except BadJson as exc:
+        raise GatewayError(4400, f"request body: {exc}", code="invalid_request") from None
     if not isinstance(data, dict):
         raise GatewayError(4400, "request body must be a JSON object")
     return data
@@ -62,6 +72,9 @@ def _errors_mapped(handler: Endpoint) -> Endpoint:
     async def endpoint(request: Request) -> Response:
         try:
             return await handler(request)
+        except ClientDisconnect:  # the client left mid-request: nobody to answer, no error
+            logger.debug("%s %s: client disconnected", request.method, request.url.path)
+            return Response(status_code=400)
         except KeyNotFound as exc:
             return error_response(GatewayError(4404, f"no key with id {exc.args[0]}"[:123],
                                                code="key_not_found"))
@@ -76,30 +89,36 @@ def _errors_mapped(handler: Endpoint) -> Endpoint:
 
 
 async def _require_admin(request: Request) -> None:
-    """Bearer admin token, compared in constant time; failures count like bad keys."""
+    """Bearer admin token, compared in constant time; failures count like bad keys, and an
+    address over the limit is refused before its token is even looked at."""
     configured = request.app.state.gateway.settings.admin_token
     if configured is None:
         raise GatewayError(4403, "admin API disabled: set SPEECHGATE_ADMIN_TOKEN",
                            code="admin_disabled")
+    access = _access(request)
+    client = _client(request)
+    if client and access.failed_auth_per_minute > 0:
+        failures, remaining = await access.backend.auth_failures(client)
+        if failures >= access.failed_auth_per_minute:
+            raise AccessDenied(4429, "too many failed attempts from this address",
+                               retry_after=max(1.0, remaining))
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     expected = configured.get_secret_value().encode()
     if scheme.lower() == "bearer" and given.strip() and \
             hmac.compare_digest(given.strip().encode(), expected):
         return
-    access = _access(request)
-    client = _client(request)
-    if client:
-        failures, remaining = await access.backend.auth_failures(client)
-        if failures >= access.failed_auth_per_minute > 0:
-            raise AccessDenied(4429, "too many failed attempts from this address",
-                               retry_after=max(1.0, remaining))
+    if client and access.failed_auth_per_minute > 0:
         await access.backend.note_auth_failure(client)
     raise GatewayError(4401, "missing or wrong admin token", code="unauthorized")
 
 
 async def _principal(request: Request) -> Principal:
+    """The key holder, refused (4403) from an Origin the key does not allow, as on the
+    WebSocket and batch endpoints."""
     secret = key_from_request(request.headers, request.query_params)
-    return await _access(request).authenticate(secret, client=_client(request))
+    principal = await _access(request).authenticate(secret, client=_client(request))
+    check_origin(principal.key, request.headers.get("origin"))
+    return principal
 
 
 # --- admin: keys --------------------------------------------------------------------------
@@ -163,12 +182,3 @@ async def usage(request: Request) -> Response:
     if not raw_days.isdigit() or not 1 <= int(raw_days) <= 400:
         raise ValueError("days must be a whole number from 1 to 400")
     return JSONResponse(await _access(request).store.usage(principal.key_id, int(raw_days)))
-
-
-routes: list[Route] = [
-    Route("/v1/admin/keys", keys_collection, methods=["GET", "POST"]),
-    Route("/v1/admin/keys/{key_id}", key_item, methods=["GET", "PATCH", "DELETE"]),
-    Route("/v1/admin/keys/{key_id}/rotate", key_rotate, methods=["POST"]),
-    Route("/v1/auth/tokens", mint_token, methods=["POST"]),
-    Route("/v1/usage", usage, methods=["GET"]),
-]

@@ -29,7 +29,7 @@ from app.gateway import Gateway
 from app.logs import session_context
 from app.params import SessionRequest, parse_session_params
 from app.session import Session, SessionCreated, SessionError, open_session
-from auth.base import Admission
+from auth.base import Admission, Principal
 
 logger = logging.getLogger(__name__)
 
@@ -139,20 +139,12 @@ async def transcribe_file(request: Request) -> Response:
         client = request.client.host if request.client else None
         principal = await gateway.authenticate(
             key_from_request(request.headers, request.query_params), client)
-        streaming = dataclasses.replace(session_request, options=dataclasses.replace(
-            session_request.options, sample_rate=rate or DECODE_RATE, interim_results=False))
-        async with open_session(gateway, streaming, principal,
-                                origin=request.headers.get("origin")) as session:
-            limits = Limits(gateway.settings.max_batch_seconds,
-                            remaining_quota(session.admission))
-            if rate is not None:
-                length = request.headers.get("content-length", "")
-                if length.isdigit() and len(length) < 16:  # refused before any work
-                    limits.check(int(length) / (BYTES_PER_SAMPLE * rate), announced=True)
-                audio = _pcm_body(request, session, rate, limits)
-            else:
-                audio = _decoded_body(request, session, limits)
-            return await _transcribe(session, session_request, audio)
+        result = await run_upload(
+            gateway, session_request, principal, request.stream(), rate=rate,
+            content_length=request.headers.get("content-length"),
+            origin=request.headers.get("origin"))
+        return render_batch(session_request.output_format, result.finals, result.language,
+                            result.duration, result.session_id)
     except ClientDisconnect:
         logger.info("batch client went away before its upload was complete")
         return Response(status_code=400)  # nobody reads it
@@ -162,9 +154,40 @@ async def transcribe_file(request: Request) -> Response:
         return error_response(to_gateway_error(exc))
 
 
-async def _body_chunks(request: Request, session: Session) -> AsyncIterator[bytes]:
+@dataclasses.dataclass(frozen=True, slots=True)
+class BatchResult:
+    finals: list[ab.Transcript]
+    language: str
+    duration: float
+    session_id: str
+
+
+async def run_upload(gateway: Gateway, req: SessionRequest, principal: Principal,
+                     body: AsyncIterator[bytes], *, rate: int | None,
+                     content_length: str | None = None,
+                     origin: str | None = None) -> BatchResult:
+    """Transcribe an upload through the session core, admitted before `body` is read.
+
+    `rate` is the raw PCM rate (`pcm_rate`), or None for a file in any container, which is
+    spooled and decoded within the limits. `POST /v1/transcribe` and OpenAI's
+    ``/v1/audio/transcriptions`` both serve through here."""
+    streaming = dataclasses.replace(req, options=dataclasses.replace(
+        req.options, sample_rate=rate or DECODE_RATE, interim_results=False))
+    async with open_session(gateway, streaming, principal, origin=origin) as session:
+        limits = Limits(gateway.settings.max_batch_seconds, remaining_quota(session.admission))
+        if rate is not None:
+            length = content_length or ""
+            if length.isdigit() and len(length) < 16:  # refused before any work
+                limits.check(int(length) / (BYTES_PER_SAMPLE * rate), announced=True)
+            audio = _pcm_body(body, session, rate, limits)
+        else:
+            audio = _decoded_body(body, session, limits)
+        return await _transcribe(session, req, audio)
+
+
+async def _body_chunks(body: AsyncIterator[bytes], session: Session) -> AsyncIterator[bytes]:
     total = 0
-    async for chunk in request.stream():
+    async for chunk in body:
         total += len(chunk)
         if total > MAX_BODY_BYTES:
             raise GatewayError(4413, f"body over {MAX_BODY_BYTES // (1024 * 1024)} MiB",
@@ -177,21 +200,21 @@ async def _body_chunks(request: Request, session: Session) -> AsyncIterator[byte
                            code="invalid_request")
 
 
-async def _pcm_body(request: Request, session: Session, rate: int,
+async def _pcm_body(body: AsyncIterator[bytes], session: Session, rate: int,
                     limits: Limits) -> AsyncGenerator[bytes, None]:
     """Raw PCM, passed on as it arrives."""
     received = 0
-    async for chunk in _body_chunks(request, session):
+    async for chunk in _body_chunks(body, session):
         received += len(chunk)
         limits.check(received / (BYTES_PER_SAMPLE * rate))
         yield chunk
 
 
-async def _decoded_body(request: Request, session: Session,
+async def _decoded_body(body: AsyncIterator[bytes], session: Session,
                         limits: Limits) -> AsyncGenerator[bytes, None]:
     """A file: spooled, then decoded one second at a time (in a thread) within the limits."""
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES) as spool:
-        async for chunk in _body_chunks(request, session):
+        async for chunk in _body_chunks(body, session):
             spool.write(chunk)
         spool.seek(0)
         chunks = decode_audio(spool, DECODE_RATE, chunk_seconds=1.0)
@@ -230,7 +253,7 @@ def _close(chunks: Iterator[DecodedChunk]) -> None:
 
 
 async def _transcribe(session: Session, req: SessionRequest,
-                      audio: AsyncGenerator[bytes, None]) -> Response:
+                      audio: AsyncGenerator[bytes, None]) -> BatchResult:
     finals: list[ab.Transcript] = []
     language = req.options.language
 
@@ -270,7 +293,7 @@ async def _transcribe(session: Session, req: SessionRequest,
     duration = session.audio_seconds
     logger.info("batch transcription done: %.1f s of audio", duration,
                 extra=session_context(session))
-    return render_batch(req.output_format, finals, language, duration, session.id)
+    return BatchResult(finals, language, duration, session.id)
 
 
 def render_batch(fmt: str, finals: list[ab.Transcript], language: str, duration: float,

@@ -6,13 +6,12 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from app.credentials import key_from_request
 from app.errors import GatewayError
-from app.frontends.base import WebSocketFrontend
+from app.frontends.base import Disconnect, Message, WebSocketFrontend
 from app.frontends.wire import WireFormatter
 from app.gateway import Gateway
 from app.params import OUTPUT_FORMATS, parse_session_params
@@ -48,20 +47,16 @@ class NativeConnection(WebSocketFrontend):
         timeout = self.gateway.settings.auth_timeout
         try:
             async with asyncio.timeout(timeout):
-                message = await self.ws.receive()
+                frame = await self.read_frame()
         except TimeoutError:
             raise GatewayError(4408, f"no key: send an auth message within {timeout:g} s, "
                                      "or use a header or api_key") from None
-        if message["type"] == "websocket.disconnect":
-            raise WebSocketDisconnect(message.get("code", 1000))
-        text = message.get("text")
-        if text is None:
+        if isinstance(frame, Disconnect):
+            raise WebSocketDisconnect(frame.code)
+        if isinstance(frame, bytes):
             raise GatewayError(4401, "audio before authentication: send "
                                      '{"type": "auth", "api_key": ...} first')
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            data = None
+        data = frame.json()  # 4400 naming the cause when it is not acceptable JSON
         if not isinstance(data, dict) or data.get("type") != "auth" \
                 or not isinstance(data.get("api_key"), str):
             raise GatewayError(4401, 'missing key: first message must be {"type": "auth", '
@@ -75,31 +70,24 @@ class NativeConnection(WebSocketFrontend):
         await self._supervise(session, self._read(session), self._write(events))
 
     async def _read(self, session: Session) -> None:
-        max_bytes = self.gateway.settings.max_frame_bytes
         while True:
-            message = await self.ws.receive()
-            if message["type"] == "websocket.disconnect":
+            frame = await self.read_frame()
+            if isinstance(frame, Disconnect):
                 return
-            data = message.get("bytes")
-            if data is not None:
-                if len(data) > max_bytes:
-                    raise GatewayError(1009, f"frame of {len(data)} bytes is over "
-                                             f"{max_bytes} bytes")
-                if not data:
-                    await session.close_stream()
-                elif session.input_closed:
-                    await self._error("invalid_message", "audio after close_stream is ignored")
-                else:
-                    await session.send_audio(data)
-                continue
-            await self._control(session, message.get("text") or "")
+            if isinstance(frame, Message):
+                await self._control(session, frame)
+            elif not frame:
+                await session.close_stream()
+            elif session.input_closed:
+                await self._error("invalid_message", "audio after close_stream is ignored")
+            else:
+                await self._forward(session.send_audio(frame))
 
-    async def _control(self, session: Session, text: str) -> None:
-        try:
-            data: Any = json.loads(text)
-        except json.JSONDecodeError as exc:
-            await self._error("invalid_message", f"invalid JSON: {exc.msg} at char {exc.pos}")
+    async def _control(self, session: Session, message: Message) -> None:
+        if message.error is not None:
+            await self._error("invalid_message", message.error)
             return
+        data = message.value
         kind = data.get("type") if isinstance(data, dict) else None
         if kind == "finalize":
             await session.finalize()
@@ -111,8 +99,9 @@ class NativeConnection(WebSocketFrontend):
             session.touch()  # already authenticated; harmless
         else:
             shown = kind if isinstance(kind, str) else type(data).__name__
-            await self._error("invalid_message", f"unknown message type {shown!r}; expected "
-                                                 "finalize, close_stream, keepalive or auth")
+            await self._error("invalid_message", f"unknown message type {shown!r:.60}; "
+                                                 "expected finalize, close_stream, keepalive "
+                                                 "or auth")
 
     async def _write(self, events: AsyncIterator[SessionEvent]) -> None:
         async for event in events:
@@ -134,6 +123,3 @@ class NativeConnection(WebSocketFrontend):
             await self._send(json.dumps({"type": "error", "code": code, "message": message}))
         elif self.formatter.output_format == "json":
             await self._send(json.dumps({"error": {"code": code, "message": message}}))
-
-
-frontends: dict[str, type[WebSocketFrontend]] = {"/v1/transcribe": NativeConnection}

@@ -32,7 +32,7 @@ from starlette.websockets import WebSocketDisconnect
 from adapters import base as ab
 from app.credentials import key_from_request
 from app.errors import GatewayError
-from app.frontends.base import WebSocketFrontend
+from app.frontends.base import Disconnect, Message, WebSocketFrontend
 from app.frontends.prosa_decode import StreamDecoder
 from app.params import SessionRequest, parse_session_params
 from app.session import Session, SessionCreated, SessionEnded, SessionError
@@ -111,20 +111,18 @@ class ProsaConnection(WebSocketFrontend):
         timeout = self.gateway.settings.auth_timeout
         try:
             async with asyncio.timeout(timeout):
-                message = await self.ws.receive()
+                frame = await self.read_frame()
         except TimeoutError:
             raise GatewayError(4408, f"no {what} message within {timeout:g} s") from None
-        if message["type"] == "websocket.disconnect":
-            raise WebSocketDisconnect(message.get("code", 1000))
-        text = message.get("text")
-        if text is None:
+        if isinstance(frame, Disconnect):
+            raise WebSocketDisconnect(frame.code)
+        if isinstance(frame, bytes):
             code = 4401 if what == "token" else 4400
             raise GatewayError(code, f"audio before the {what} message")
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise GatewayError(4400, f"invalid JSON in the {what} message: {exc.msg}",
-                               code="invalid_message") from None
+        if frame.error is not None:
+            raise GatewayError(4400, f"{frame.error} (in the {what} message)",
+                               code="invalid_message")
+        return frame.value
 
     async def _run(self, session: Session, audio: dict[str, Any], label: Any) -> None:
         decoder = StreamDecoder(session.send_audio, session.request.options.sample_rate,
@@ -136,23 +134,23 @@ class ProsaConnection(WebSocketFrontend):
             await decoder.aclose()
 
     async def _read(self, session: Session, decoder: StreamDecoder) -> None:
-        max_bytes = self.gateway.settings.max_frame_bytes
         while True:
-            message = await self.ws.receive()
-            if message["type"] == "websocket.disconnect":
+            frame = await self.read_frame()
+            if isinstance(frame, Disconnect):
                 return
-            data = message.get("bytes")
-            if data is None:
-                session.touch()  # text after the configuration: nothing defined; stay alive
+            if isinstance(frame, Message):
+                # Text after the configuration means nothing in Prosa's protocol; valid JSON
+                # is taken as a sign of life, anything else ends the session 4400 (its errors
+                # are fatal).
+                frame.json()
+                session.touch()
                 continue
-            if len(data) > max_bytes:
-                raise GatewayError(1009, f"frame of {len(data)} bytes is over {max_bytes} bytes")
-            if not data:  # "an empty byte is expected at the end of audio stream"
+            if not frame:  # "an empty byte is expected at the end of audio stream"
                 await decoder.end()
                 await session.close_stream()
                 return
             session.touch()
-            await decoder.feed(data)
+            await self._forward(decoder.feed(frame))
 
     async def _write(self, session: Session, label: Any) -> None:
         async for event in session.events():
@@ -171,5 +169,3 @@ class ProsaConnection(WebSocketFrontend):
                 await self._fail(event.error)
             elif isinstance(event, SessionEnded):
                 await self._close(1000, "session ended")
-
-frontends: dict[str, type[WebSocketFrontend]] = {"/v2/speech/stt": ProsaConnection}

@@ -20,6 +20,7 @@ import numpy as np
 
 from app.audio import Resampler
 from app.errors import GatewayError
+from app.frontends.sniff import frame_stream, not_audio
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +43,8 @@ def sniff(head: bytes, declared: str) -> str:
     for magic, fmt in CONTAINER_MAGIC:
         if head.startswith(magic):
             return fmt
-    # An MPEG frame sync (0xFFE) is also what negative PCM samples look like: trust it only
-    # when the client said mp3.
+    # An MPEG frame sync (0xFFE) is also what negative PCM samples look like: trust it here
+    # only when the client said mp3 (`StreamDecoder` also checks for a chain of frames).
     if declared in DECLARED_CONTAINERS:
         return DECLARED_CONTAINERS[declared]
     return "raw"
@@ -263,6 +264,10 @@ class StreamDecoder:
         if len(self._head) < SNIFF_BYTES and not final:
             return False
         kind = sniff(self._head, self.declared)
+        if kind == "raw":
+            kind = self._headerless(final)
+            if kind == "more":
+                return False
         if kind == "wav":
             try:
                 wav = parse_wav_header(self._head)
@@ -282,6 +287,18 @@ class StreamDecoder:
         else:
             self._path = _ContainerPath(kind, self.rate, self.sink)
         return True
+
+    def _headerless(self, final: bool) -> str:
+        """No magic number: a bare MP3/ADTS frame chain, raw PCM, or something else."""
+        frames = frame_stream(self._head, final)
+        if frames is not None:
+            return frames
+        what = not_audio(self._head)
+        if what is not None:
+            raise GatewayError(4400, f"invalid audio: the stream starts like {what}; send "
+                                     "16-bit PCM or a WAV, MP3, AAC, OGG, FLAC or WebM stream",
+                               code="invalid_audio")
+        return "raw"
 
     async def _push(self, data: bytes, last: bool = False) -> None:
         if isinstance(self._path, _ContainerPath):

@@ -27,20 +27,29 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import json
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
+import engineio
+import engineio.async_socket
+import engineio.packet
 import socketio
-from starlette.routing import BaseRoute
+from socketio import packet as packet_types
+from socketio.packet import Packet
+from starlette.types import ASGIApp
 
 from adapters import base as ab
 from app.credentials import key_from_request
 from app.errors import GatewayError, to_gateway_error
+from app.frontends.base import cancel_and_wait, touch_while_forwarding
 from app.gateway import Gateway
 from app.params import SessionRequest, parse_session_params
+from app.safejson import BadJson, loads_bounded
 from app.session import (
     Session,
     SessionCreated,
@@ -54,6 +63,8 @@ from auth.base import Principal
 logger = logging.getLogger(__name__)
 
 SOCKETIO_PATH = "api/stt-realtime-socket"
+# The event a packet that does not parse becomes (see `bounded_packet_class`).
+INVALID_EVENT = "speechgate-invalid-packet"
 QUEUE_CHUNKS = 16  # audio chunks buffered per session before the socket stops being read
 
 
@@ -96,6 +107,7 @@ class _SocketSession:
     queue: asyncio.Queue[bytes | None] = field(
         default_factory=lambda: asyncio.Queue(QUEUE_CHUNKS))
     task: asyncio.Task[None] | None = None
+    forwarding: bool = False  # a chunk is being forwarded (see `touch_while_forwarding`)
 
     @property
     def rate(self) -> int:
@@ -123,12 +135,12 @@ class _SocketSession:
             async with open_session(self.frontend.gateway, self.request, self.client.principal,
                                     origin=self.client.origin) as session:
                 feeder = asyncio.create_task(self._feed(session))
+                alive = asyncio.create_task(touch_while_forwarding(
+                    session, lambda: self.forwarding))
                 try:
                     code, reason = await self._relay(session)
                 finally:
-                    feeder.cancel()
-                    with contextlib.suppress(BaseException):
-                        await feeder
+                    await cancel_and_wait([feeder, alive])
         except Exception as exc:  # the session could not start, or failed
             error = to_gateway_error(exc)
             await emit("session-error", {"error": error.message, "code": error.close_code},
@@ -147,7 +159,11 @@ class _SocketSession:
             if item is None:
                 await session.close_stream()
                 return
-            await session.send_audio(item)
+            self.forwarding = True
+            try:
+                await session.send_audio(item)
+            finally:
+                self.forwarding = False
 
     async def _relay(self, session: Session) -> tuple[int, str]:
         emit, language = self.frontend.emit, None
@@ -174,27 +190,139 @@ class _SocketSession:
         return 1000, "session ended"
 
 
+def _check_shape(kind: Any, data: Any) -> None:
+    """What python-socketio indexes without checking: raise ValueError instead."""
+    if kind in (packet_types.EVENT, packet_types.BINARY_EVENT):
+        if not (isinstance(data, list) and data and isinstance(data[0], str)):
+            raise ValueError("an event must be a JSON array starting with the event name")
+    elif kind in (packet_types.ACK, packet_types.BINARY_ACK):
+        if not isinstance(data, list):
+            raise ValueError("an acknowledgement must be a JSON array")
+    elif kind == packet_types.CONNECT and data is not None and not isinstance(data, dict):
+        raise ValueError("connect data must be a JSON object")
+    elif kind not in (packet_types.CONNECT, packet_types.DISCONNECT):
+        raise ValueError(f"unknown packet type {kind!r:.20}")
+
+
+def bounded_packet_class(max_bytes: int) -> type[Packet]:
+    """Socket.IO packets whose JSON is parsed by `loads_bounded` (size and depth limits).
+
+    A packet that does not parse becomes the event `INVALID_EVENT` carrying the cause (or, for
+    a CONNECT, auth data naming it), so that the client is told instead of the server logging
+    a traceback."""
+
+    class BoundedJson:
+        dumps = staticmethod(json.dumps)
+
+        @staticmethod
+        def loads(text: str | bytes, *args: Any, **kwargs: Any) -> Any:
+            return loads_bounded(text, max_bytes=max_bytes)
+
+    class BoundedPacket(Packet):  # type: ignore[misc]
+        json = BoundedJson
+
+        def decode(self, encoded_packet: Any) -> int:
+            try:
+                attachments = int(super().decode(encoded_packet))
+                _check_shape(getattr(self, "packet_type", None), getattr(self, "data", None))
+                return attachments
+            except (BadJson, ValueError) as exc:  # python-socketio raises ValueError too
+                cause = str(exc)[:200]
+                kind: Any = getattr(self, "packet_type", None)
+                data: Any = {INVALID_EVENT: cause}
+                if kind != packet_types.CONNECT:
+                    kind, data, self.id = packet_types.EVENT, [INVALID_EVENT, cause], None
+                self.packet_type, self.data, self.namespace = kind, data, None
+                return 0
+
+    return BoundedPacket
+
+
+class _LivelySocket(engineio.async_socket.AsyncSocket):  # type: ignore[misc]
+    """An engine.io socket whose ping deadline only runs while the server reads it.
+
+    With ``async_handlers=False`` a handler that awaits (an audio chunk waiting for a slow
+    provider: backpressure) stops the reading of its socket, so the client's pong waits behind
+    the events it already sent. While a handler runs the client counts as alive, and the
+    deadline of a ping sent meanwhile restarts when reading resumes (as for the WebSocket
+    keepalive, `app.protocols`)."""
+
+    busy = 0
+
+    async def check_ping_timeout(self) -> bool:
+        if self.busy and not self.closed:
+            return True
+        return bool(await super().check_ping_timeout())
+
+    async def _send_ping(self) -> None:
+        await super()._send_ping()
+        # engine.io pings again only once the pong is read, and the client drops a server
+        # that stops pinging: while we are not reading, go on pinging.
+        while True:
+            await asyncio.sleep(self.server.ping_interval)
+            if not (self.busy and self.last_ping) or self.closing or self.closed:
+                return
+            await self.send(engineio.packet.Packet(engineio.packet.PING))
+
+
+class _EngineIOServer(engineio.AsyncServer):  # type: ignore[misc]
+    async def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
+        socket = self.sockets.get(args[0]) if args else None
+        if event == "connect" and socket is not None:
+            socket.__class__ = _LivelySocket  # created by engine.io just before "connect"
+        if event != "message" or not isinstance(socket, _LivelySocket):
+            return await super()._trigger_event(event, *args, **kwargs)
+        socket.busy += 1
+        try:
+            return await super()._trigger_event(event, *args, **kwargs)
+        finally:
+            socket.busy -= 1
+            if socket.last_ping:  # a ping is out: its deadline runs from now
+                socket.last_ping = time.time()
+
+
+class _AsyncServer(socketio.AsyncServer):  # type: ignore[misc]
+    def _engineio_server_class(self) -> type[engineio.AsyncServer]:
+        return _EngineIOServer
+
+
 class SocketIOFrontend:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         max_bytes = gateway.settings.max_frame_bytes
+        buffer = max_bytes * 4 // 3 + 4096  # an audio-chunk of max_frame_bytes, in base64
         # async_handlers=False: one client's events run in order, and awaiting in a handler
         # stops reading that client (backpressure) without touching the others.
-        self.sio = socketio.AsyncServer(
+        settings = gateway.settings
+        self.sio = _AsyncServer(
             async_mode="asgi", cors_allowed_origins="*", async_handlers=False,
-            max_http_buffer_size=max_bytes * 4 // 3 + 4096)
+            max_http_buffer_size=buffer, serializer=bounded_packet_class(buffer),
+            # engine.io's in-band keepalive, on the same settings as the WebSocket one
+            ping_interval=settings.ws_ping_interval or 25.0,
+            ping_timeout=settings.ws_ping_timeout or 20.0)
         self.clients: dict[str, _Client] = {}
         self.sio.on("connect", self.connect)
         self.sio.on("disconnect", self.disconnect)
         self.sio.on("start-session", self.start_session)
         self.sio.on("audio-chunk", self.audio_chunk)
         self.sio.on("stop-session", self.stop_session)
+        self.sio.on(INVALID_EVENT, self.invalid_packet)
 
     async def emit(self, event: str, data: Any, sid: str) -> None:
         with contextlib.suppress(Exception):  # the client may be gone already
             await self.sio.emit(event, data, to=sid)
 
+    async def invalid_packet(self, sid: str, cause: Any = None) -> None:
+        await self.emit("session-error", {"error": f"invalid packet ignored: {cause}",
+                                          "code": 4400}, sid)
+
     async def connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        if isinstance(auth, dict) and INVALID_EVENT in auth:
+            self.gateway.metrics.session_error(4400)
+            raise socketio.exceptions.ConnectionRefusedError(
+                f"invalid connect packet: {auth[INVALID_EVENT]}",
+                {"status": 400, "code": 4400,
+                 "message": f"invalid connect packet: {auth[INVALID_EVENT]}"})
         query = {k: v for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
         headers = {"authorization": environ.get("HTTP_AUTHORIZATION", ""),
                    "x-api-key": environ.get("HTTP_X_API_KEY", "")}
@@ -278,18 +406,7 @@ class SocketIOFrontend:
         await client.session.put(None)
 
 
-class _SocketIOApp(socketio.ASGIApp):  # type: ignore[misc]
-    """python-socketio's ASGI wrapper, keeping the wrapped app's ``state`` reachable."""
-
-    def __init__(self, frontend: SocketIOFrontend, app: Any) -> None:
-        super().__init__(frontend.sio, other_asgi_app=app, socketio_path=SOCKETIO_PATH)
-        self.frontend = frontend
-        self.state = getattr(app, "state", None)
-
-
-def mount(app: Any, gateway: Gateway) -> Any:
-    """Wrap the ASGI app: ``/api/stt-realtime-socket/`` goes to Socket.IO, the rest to `app`."""
-    return _SocketIOApp(SocketIOFrontend(gateway), app)
-
-
-routes: list[BaseRoute] = []
+def asgi_app(gateway: Gateway) -> ASGIApp:
+    """The Socket.IO endpoint, mounted at ``/api/stt-realtime-socket`` by the route table."""
+    app: ASGIApp = socketio.ASGIApp(SocketIOFrontend(gateway).sio, socketio_path=SOCKETIO_PATH)
+    return app

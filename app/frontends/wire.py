@@ -19,6 +19,7 @@ from app.session import (
     SessionEvent,
     SessionWarning,
 )
+from app.stabilizer import StableWords
 
 
 def _dumps(obj: dict[str, Any]) -> str:
@@ -102,6 +103,7 @@ class WireFormatter:
         self.output_format = output_format
         self.provider = ""
         self.language: str | None = None
+        self.stable = StableWords()
 
     def render(self, event: SessionEvent) -> str | None:
         if isinstance(event, SessionCreated):
@@ -110,10 +112,14 @@ class WireFormatter:
             self.provider = event.to_model.partition(".")[0]
         fmt = self.output_format
         if fmt == "verbose_json":
-            return _dumps(verbose_json(event, self.provider, self.language))
+            out = verbose_json(event, self.provider, self.language)
+            if isinstance(event, ab.Transcript):
+                out["stable_words"] = self.stable.count(event)
+            return _dumps(out)
         if fmt == "json":
             if isinstance(event, ab.Transcript):
-                return _dumps(transcript_json(event, self.language))
+                return _dumps(transcript_json(event, self.language)
+                              | {"stable_words": self.stable.count(event)})
             if isinstance(event, SessionError):
                 return _dumps(error_json(event.error))
             return None

@@ -13,24 +13,24 @@ by the same ``STT_PROVIDER`` variable on both sides:
   come back whenever the recognizer finalizes one.
 
 Here the model comes from ``?model=`` or the operator's `Settings.stt_provider` mapping, the
-mode from ``?mode=utterance|stream`` or the same mapping. Keys work as on every endpoint (header
-or ``api_key``); xrx clients send none, so an operator may attribute keyless connections to a
-named key (`Settings.anonymous_key_id`). Failures close with the codes of API.md §1.5.
+mode from ``?mode=utterance|stream``, the same mapping, or (no flag: ``auto``) the first frame:
+a frame of 0.3 s or more is a whole utterance, smaller frames are a stream. Keys work as on
+every endpoint (header or ``api_key``); xrx clients send none, so an operator may attribute
+keyless connections to a named key (`Settings.anonymous_key_id`). Failures close with the
+codes of API.md §1.5.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from typing import Any
 
 from starlette.websockets import WebSocket
 
 from adapters import base as ab
 from app.credentials import key_from_request
 from app.errors import GatewayError, to_gateway_error
-from app.frontends.base import WebSocketFrontend
+from app.frontends.base import Disconnect, Message, WebSocketFrontend
 from app.gateway import Gateway
 from app.params import parse_session_params
 from app.session import Session, SessionEnded, SessionError
@@ -46,7 +46,24 @@ STT_PROVIDER_MODELS: dict[str, str | None] = {
 }
 # Providers whose xrx client streams continuously instead of sending VAD-cut utterances.
 STREAMING_PROVIDERS = frozenset({"deepgram"})
-MODES = ("utterance", "stream")
+MODES = ("utterance", "stream", "auto")
+# A VAD-cut utterance is speech plus ~250 ms of silence: never shorter than this. Streaming
+# clients send frames of 20-250 ms. The first frame tells the two apart (mode "auto").
+UTTERANCE_MIN_SECONDS = 0.3
+
+
+def detect_mode(frame_bytes: int, sample_rate: int) -> str:
+    """``utterance`` when a frame is long enough to be a whole VAD-cut utterance, else
+    ``stream`` (small frames: transcripts come back as the recognizer finalizes them)."""
+    seconds = frame_bytes / (2 * sample_rate)
+    return "utterance" if seconds >= UTTERANCE_MIN_SECONDS else "stream"
+
+
+def configured_mode(query_mode: str | None, stt_provider: str) -> str:
+    """``?mode=`` when given, ``stream`` for the streaming providers' clients, else ``auto``."""
+    if query_mode:
+        return query_mode
+    return "stream" if stt_provider.strip().lower() in STREAMING_PROVIDERS else "auto"
 
 
 def provider_model(stt_provider: str, default_model: str) -> str:
@@ -65,8 +82,9 @@ async def anonymous_principal(gateway: Gateway) -> Principal:
     """The principal for a keyless connection, when the operator enabled `anonymous_key_id`."""
     anonymous = getattr(gateway.access, "anonymous", None)
     if not gateway.settings.anonymous_key_id or anonymous is None:
-        raise GatewayError(4401, "missing API key: send X-API-Key or Authorization, add "
-                                 "?api_key=, or have the operator set anonymous_key_id",
+        raise GatewayError(4401, "missing API key: send X-API-Key, Authorization or "
+                                 "?api_key=, or set SPEECHGATE_ANONYMOUS_KEY_ID "
+                                 "(anonymous_key_id)",
                            code="missing_key")
     try:
         principal: Principal = await anonymous()
@@ -89,12 +107,10 @@ class XrxConnection(WebSocketFrontend):
         params["output_format"] = ["text"]
         request = parse_session_params(params, default_model=provider_model(
             settings.stt_provider, settings.default_model))
-        self.mode = query.get("mode") or (
-            "stream" if settings.stt_provider.strip().lower() in STREAMING_PROVIDERS
-            else "utterance")
+        self.mode = configured_mode(query.get("mode"), settings.stt_provider)
         if self.mode not in MODES:
-            raise GatewayError(4400, "invalid parameter mode: expected utterance or stream",
-                               code="invalid_parameter")
+            raise GatewayError(4400, "invalid parameter mode: expected utterance, stream or "
+                                     "auto", code="invalid_parameter")
         secret = key_from_request(self.ws.headers, query)
         if secret is not None:
             principal = await self.gateway.authenticate(secret, self.client_host)
@@ -106,36 +122,31 @@ class XrxConnection(WebSocketFrontend):
     async def _run(self, session: Session) -> None:
         # In utterance mode xrx sends nothing between utterances; the open connection itself
         # is the activity, so it is kept alive.
-        helpers = [self._keepalive(session)] if self.mode == "utterance" else []
+        helpers = [self._keepalive(session)] if self.mode != "stream" else []
         await self._supervise(session, self._read(session), self._write(session), *helpers)
 
     async def _read(self, session: Session) -> None:
-        max_bytes = self.gateway.settings.max_frame_bytes
         while True:
-            message = await self.ws.receive()
-            if message["type"] == "websocket.disconnect":
+            frame = await self.read_frame()
+            if isinstance(frame, Disconnect):
                 return
-            data = message.get("bytes")
-            if data is None:
-                await self._control(session, message.get("text") or "")
+            if isinstance(frame, Message):
+                await self._control(session, frame)
                 continue
-            if len(data) > max_bytes:
-                raise GatewayError(1009, f"frame of {len(data)} bytes is over {max_bytes} bytes")
-            if not data:
+            if not frame:
                 await session.close_stream()
                 return
             if session.input_closed:
                 continue
-            await session.send_audio(data)
+            if self.mode == "auto":
+                self.mode = detect_mode(len(frame), session.request.options.sample_rate)
+            await self._forward(session.send_audio(frame))
             if self.mode == "utterance":
                 await session.finalize()  # one frame is one utterance: transcribe it now
 
-    async def _control(self, session: Session, text: str) -> None:
+    async def _control(self, session: Session, message: Message) -> None:
         """xrx sends only audio; native control messages are accepted as an extension."""
-        try:
-            data: Any = json.loads(text)
-        except json.JSONDecodeError:
-            data = None
+        data = message.value
         kind = data.get("type") if isinstance(data, dict) else None
         if kind == "close_stream":
             await session.close_stream()
@@ -143,8 +154,9 @@ class XrxConnection(WebSocketFrontend):
             await session.finalize()
         elif kind in ("keepalive", "auth"):
             session.touch()
-        else:
-            logger.info("xrx session %s: ignored text frame %.40r", session.id, text)
+        else:  # xrx has no error message: the frame is logged, and the session goes on
+            logger.info("xrx session %s: ignored text frame %.40r (%s)", session.id,
+                        message.text, message.error or "not a control message")
 
     async def _write(self, session: Session) -> None:
         pending: list[str] = []  # utterance mode: finals of the frame being transcribed
@@ -164,8 +176,6 @@ class XrxConnection(WebSocketFrontend):
 
     async def _keepalive(self, session: Session) -> None:
         interval = max(0.05, self.gateway.settings.idle_timeout / 3)
-        while True:
+        while self.mode != "stream":  # a streaming client's silence is idleness
             session.touch()
             await asyncio.sleep(interval)
-
-frontends: dict[str, type[WebSocketFrontend]] = {"/api/v1/ws": XrxConnection}

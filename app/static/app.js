@@ -15,7 +15,9 @@ const ui = {
   state: $("state"), errors: $("errors"), notices: $("notices"), transcript: $("transcript"),
   partial: $("partial"), sessionInfo: $("session-info"), summary: $("summary"),
   clear: $("clear"), eventsBox: $("events-box"), events: $("events"),
+  unconfigured: $("unconfigured"),
 };
+const PLACEHOLDER = ui.transcript.querySelector(".placeholder")?.cloneNode(true);
 
 const KEY_STORE = "speechgate.key";
 let socket = null;
@@ -73,11 +75,19 @@ function logEvent(direction, data) {
 
 const fmt = (t) => (typeof t === "number" ? t.toFixed(2) : "?");
 
-function clearTranscript() {
+function clearTranscript(placeholder = true) {
   ui.transcript.replaceChildren();
+  if (placeholder) restorePlaceholder();
   ui.partial.hidden = true;
   ui.partial.textContent = "";
   ui.summary.textContent = "";
+}
+
+function restorePlaceholder() {
+  // An empty transcript says what to do (also after a failed start).
+  if (PLACEHOLDER && !ui.transcript.querySelector(".final, .placeholder")) {
+    ui.transcript.append(PLACEHOLDER.cloneNode(true));
+  }
 }
 
 // ------------------------------------------------------------------------------- models
@@ -90,20 +100,41 @@ async function loadModels() {
     const models = Array.isArray(body) ? body : body.models;
     const preferred = body.default || "local.tiny.en";
     ui.model.replaceChildren();
+    // Configured models in the list; the others folded under a disclosure with the reason.
+    const missing = [];
     for (const m of models) {
+      if (!m.available) {
+        missing.push(m);
+        continue;
+      }
       const option = document.createElement("option");
       option.value = m.id;
-      const extras = [m.streamable ? "" : "segmented", m.available ? "" : "not configured"]
-        .filter(Boolean).join(", ");
-      option.textContent = `${m.display_name || m.id} (${m.id})${extras ? ` — ${extras}` : ""}`;
-      option.disabled = !m.available;
-      if (!m.available && m.unavailable_reason) option.title = m.unavailable_reason;
+      option.textContent = modelLabel(m) + (m.streamable ? "" : " — segmented");
       option.selected = m.id === preferred;
       ui.model.append(option);
     }
+    const list = ui.unconfigured.querySelector("ul");
+    list.replaceChildren();
+    for (const m of missing) {
+      const li = document.createElement("li");
+      li.textContent = modelLabel(m);
+      if (m.unavailable_reason) li.title = m.unavailable_reason;
+      li.dataset.model = m.id;
+      list.append(li);
+    }
+    const providers = [...new Set(missing.map((m) => m.provider))].join(", ");
+    ui.unconfigured.querySelector("summary").textContent =
+      `${missing.length} more models are not configured here (${providers})`;
+    ui.unconfigured.hidden = missing.length === 0;
   } catch (err) {
     showError("models", `could not load /v1/models: ${err.message}`);
   }
+}
+
+function modelLabel(m) {
+  // "Whisper tiny.en (local)" already names its provider: never "(…) (…)" twice.
+  const name = m.display_name || m.id;
+  return name === m.id || name.includes(m.id) ? name : `${name} · ${m.id}`;
 }
 
 // --------------------------------------------------------------------------- credentials
@@ -158,7 +189,7 @@ async function start(event) {
   }
   if (ui.remember.checked) localStorage.setItem(KEY_STORE, key);
   else localStorage.removeItem(KEY_STORE);
-  clearTranscript();
+  clearTranscript(false);
   setState("connecting");
   let cred;
   try {
@@ -166,6 +197,7 @@ async function start(event) {
   } catch (err) {
     showError(err.code || "token", `token request failed: ${err.message}`);
     setState("failed", "no token");
+    restorePlaceholder();
     return;
   }
   const ws = new WebSocket(sessionUrl(cred));
@@ -208,6 +240,7 @@ async function start(event) {
       showClose(close.code, close.reason);
       setState("failed", `${close.code} ${close.reason || closeMeaning(close.code)}`);
     }
+    if (!ui.partial.textContent) restorePlaceholder();
     document.dispatchEvent(new CustomEvent("speechgate:closed",
       { detail: { code: close.code, reason: close.reason } }));
     if (socket === ws) socket = null;
@@ -284,7 +317,13 @@ function showPartial(event) {
   if (!event.text) return;
   ui.partial.hidden = false;
   ui.partial.dataset.segment = event.segment_id;
-  ui.partial.textContent = event.text;
+  // The settled words (stable_words) dark, the newest ones grey: they may still change.
+  const words = event.text.trim().split(/\s+/);
+  const settled = Math.min(event.stable_words || 0, words.length);
+  const tail = document.createElement("span");
+  tail.className = "unsettled";
+  tail.textContent = words.slice(settled).join(" ");
+  ui.partial.replaceChildren(words.slice(0, settled).join(" ") + (settled ? " " : ""), tail);
   document.dispatchEvent(new CustomEvent("speechgate:partial", { detail: event }));
 }
 
@@ -332,7 +371,7 @@ function addFinal(event) {
 
 ui.form.addEventListener("submit", start);
 ui.stop.addEventListener("click", stop);
-ui.clear.addEventListener("click", clearTranscript);
+ui.clear.addEventListener("click", () => clearTranscript());
 ui.showEvents.addEventListener("change", () => { ui.eventsBox.hidden = !ui.showEvents.checked; });
 const saved = localStorage.getItem(KEY_STORE);
 if (saved) {

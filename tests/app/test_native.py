@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import pytest
@@ -213,3 +214,38 @@ async def test_keepalive_holds_an_idle_session_open(gateway: Gateway) -> None:
         async for _ in ws:
             pass
     assert ws.close_code == 1000
+
+
+@pytest.mark.parametrize("path, end", [
+    ("/v1/transcribe?output_format=json", json.dumps({"type": "close_stream"})),
+    ("/v2/speech/stt", b""),
+    ("/api/v1/ws?mode=stream", b""),
+])
+async def test_back_to_back_sessions_on_one_stream_slot_are_all_admitted(
+        path: str, end: str | bytes) -> None:
+    """The lease is released before the client sees the close: with
+    max_concurrent_streams=1, a client that reconnects at once is always admitted."""
+    import httpx
+
+    from tests.servers import running_gateway
+
+    admin = "sg_admin_back_to_back"
+    with running_gateway(admin_token=admin) as gw:
+        async with httpx.AsyncClient(base_url=gw.http_url) as http:
+            created = await http.post("/v1/admin/keys", json={
+                "name": "one-slot", "max_concurrent_streams": 1},
+                headers={"Authorization": f"Bearer {admin}"})
+            secret = created.json()["secret"]
+        closes = []
+        for _ in range(40):
+            async with websockets.connect(f"{gw.ws_url}{path}",
+                                          additional_headers={"x-api-key": secret}) as ws:
+                if path.startswith("/v2"):
+                    await ws.send(json.dumps({"model": "stt-general-online"}))
+                await ws.send(bytes(3200))
+                await ws.send(end)
+                with contextlib.suppress(ConnectionClosed):
+                    async for _message in ws:
+                        pass
+            closes.append((ws.close_code, ws.close_reason))
+    assert closes == [(1000, "session ended")] * 40
