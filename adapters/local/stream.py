@@ -23,6 +23,8 @@ import numpy as np
 
 from adapters.base import (
     Finalized,
+    ProviderError,
+    ProviderUnavailable,
     SpeechStarted,
     StreamOptions,
     SttStream,
@@ -69,6 +71,14 @@ class LocalStream(SttStream):
     """A live stream on the local engine (16 kHz s16le in; see the module docstring)."""
 
     provider = PROVIDER
+
+    def _map_exception(self, exc: Exception) -> ProviderError | None:
+        """The decoder (CTranslate2, onnxruntime) reports its failures, out of memory among
+        them, as RuntimeError: an engine failure, not a bug in this module."""
+        if isinstance(exc, RuntimeError | MemoryError):
+            return ProviderUnavailable(f"local engine failed: {type(exc).__name__}: {exc}",
+                                       provider=self.provider)
+        return super()._map_exception(exc)
 
     def __init__(self, engine: LocalEngine, weights: Weights, options: StreamOptions) -> None:
         super().__init__(weights.name, options)
