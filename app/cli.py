@@ -57,12 +57,15 @@ async def _transcribe(args: argparse.Namespace, settings: Settings) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from app.client import SpeechgateClient, SpeechgateError
+    from app.resume import ReconnectPolicy
 
     if not os.path.exists(args.file):  # noqa: ASYNC240 - one stat before streaming
         print(f"error: no such file: {args.file}", file=sys.stderr)
         return 2
     err = Console(stderr=True)
-    client = SpeechgateClient(args.url, args.key)
+    # A gateway restarting (1012) or a dropped connection: resume, replaying since the last final.
+    policy = ReconnectPolicy(attempts=args.reconnect_attempts) if args.reconnect_attempts else None
+    client = SpeechgateClient(args.url, args.key, reconnect=policy)
     show_live = err.is_terminal and not args.quiet
     fmt = args.format
     # Partials are shown live on a terminal; ask for them even if the output format has none.
@@ -91,6 +94,11 @@ async def _transcribe(args: argparse.Namespace, settings: Settings) -> int:
         async with contextlib.aclosing(events):
             with progress:
                 async for event in events:
+                    if event.get("type") == "reconnected":
+                        err.print(f"[dim]gateway closed {event['code']} ({event['reason']}); "
+                                  f"resumed at {event['resumed_at']:.1f} s[/dim]")
+                        if fmt != "verbose_json":
+                            continue
                     line = _render(event, fmt, wire_format)
                     if event.get("type") == "transcript" and not event.get("is_final"):
                         progress.update(task, partial=event.get("text", "")[-60:])
@@ -167,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--realtime", action="store_true", help="pace the audio in real time")
     tr.add_argument("--diarization", action="store_true")
     tr.add_argument("--quiet", action="store_true", help="no progress bar or live partials")
+    tr.add_argument("--reconnect-attempts", type=int, default=5, metavar="N",
+                    help="reconnect up to N times in a row when the gateway restarts or the "
+                         "connection drops, replaying the audio since the last final (0: never)")
     tr.set_defaults(func=_transcribe)
 
     models = sub.add_parser("models", help="list the gateway's models")
