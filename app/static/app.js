@@ -146,6 +146,39 @@ function sessionUrl(cred) {
   return `${scheme}//${location.host}/v1/transcribe?${params}`;
 }
 
+// Reconnecting (README "Reconnecting"): a close that means "try again" (the gateway restarting
+// during a deploy, a dropped connection) opens a new session that is sent the microphone audio
+// kept since the last final, and whose times are shifted by where that audio starts, so the
+// transcript carries on. The kept audio is bounded: older audio is dropped (and reported).
+const RETRY_CODES = new Set([1001, 1006, 1012, 1013, 1014]);
+const RECONNECT_ATTEMPTS = 5;
+const MAX_REPLAY_BYTES = 30 * 2 * TARGET_RATE; // 30 s of 16-bit PCM
+let live = null; // {cred, chunks: [ArrayBuffer], start: byte position of chunks[0], end, ...}
+
+function keep(buffer) {
+  live.chunks.push(buffer);
+  live.end += buffer.byteLength;
+  let kept = live.end - live.start;
+  while (kept > MAX_REPLAY_BYTES && live.chunks.length > 1) {
+    const dropped = live.chunks.shift().byteLength;
+    live.start += dropped;
+    live.lost += dropped;
+    kept -= dropped;
+  }
+}
+
+function dropBefore(seconds) {
+  // A final ended at `seconds` of the stream: its audio is never needed again.
+  const position = Math.round(seconds * TARGET_RATE) * 2;
+  while (live.chunks.length && live.start + live.chunks[0].byteLength <= position) {
+    live.start += live.chunks.shift().byteLength;
+  }
+  if (live.chunks.length && position > live.start) {
+    live.chunks[0] = live.chunks[0].slice(position - live.start);
+    live.start = position;
+  }
+}
+
 async function start(event) {
   event.preventDefault();
   const key = ui.key.value.trim();
@@ -168,14 +201,34 @@ async function start(event) {
     setState("failed", "no token");
     return;
   }
-  const ws = new WebSocket(sessionUrl(cred));
+  live = { cred, chunks: [], start: 0, end: 0, lost: 0, connection: 0, offset: 0,
+    attempts: 0, stopping: false };
+  connect();
+}
+
+function connect() {
+  const session = live;
+  const resuming = session.connection > 0;
+  const ws = new WebSocket(sessionUrl(session.cred));
   ws.binaryType = "arraybuffer";
   socket = ws;
   ws.onopen = async () => {
-    if (cred.kind === "key") ws.send(JSON.stringify({ type: "auth", api_key: cred.value }));
+    if (session.cred.kind === "key") {
+      ws.send(JSON.stringify({ type: "auth", api_key: session.cred.value }));
+    }
+    if (resuming) {
+      session.offset = session.start / (2 * TARGET_RATE);
+      for (const chunk of session.chunks) ws.send(chunk);
+      if (session.stopping) ws.send(JSON.stringify({ type: "close_stream" }));
+      else setState("open", ui.model.value);
+      return;
+    }
     try {
       capture = await startCapture({
-        onAudio: (buffer) => { if (ws.readyState === WebSocket.OPEN) ws.send(buffer); },
+        onAudio: (buffer) => {
+          keep(buffer);
+          if (socket && socket.readyState === WebSocket.OPEN) socket.send(buffer);
+        },
         onLevel: (rms) => {
           const db = 20 * Math.log10(Math.max(rms, 1e-5));
           ui.level.style.width = `${Math.max(0, Math.min(100, ((db + 60) / 60) * 100))}%`;
@@ -196,10 +249,24 @@ async function start(event) {
     } catch {
       return;
     }
-    handleEvent(data);
+    handleEvent(onTimeline(session, data));
   };
   ws.onclose = (close) => {
     clearTimeout(closingTimer);
+    if (socket === ws) socket = null;
+    if (RETRY_CODES.has(close.code) && session === live && session.attempts < RECONNECT_ATTEMPTS
+        && (capture || session.stopping)) {
+      session.attempts += 1;
+      session.connection += 1;
+      if (lastError && lastError.code === "server_restarting") lastError.element.remove();
+      lastError = null;
+      const delay = Math.min(5000, 250 * 2 ** (session.attempts - 1));
+      showNotice(`${close.code} ${close.reason || closeMeaning(close.code)}: reconnecting`
+        + ` (attempt ${session.attempts})`);
+      setState("connecting", `reconnecting in ${(delay / 1000).toFixed(1)} s`);
+      setTimeout(() => { if (session === live) connect(); }, delay);
+      return;
+    }
     stopCapture();
     ui.level.style.width = "0";
     if (close.code === 1000) {
@@ -210,8 +277,31 @@ async function start(event) {
     }
     document.dispatchEvent(new CustomEvent("speechgate:closed",
       { detail: { code: close.code, reason: close.reason } }));
-    if (socket === ws) socket = null;
   };
+}
+
+function onTimeline(session, event) {
+  // This connection's event on the stream's timeline, segment ids unique across connections.
+  const shift = (t) => (typeof t === "number" ? Math.round((t + session.offset) * 1000) / 1000 : t);
+  const out = { ...event };
+  if (event.type === "transcript") {
+    out.start = shift(event.start);
+    out.end = shift(event.end);
+    out.words = (event.words || []).map((w) => ({ ...w, start: shift(w.start), end: shift(w.end) }));
+    if (session.connection > 0) out.segment_id = `r${session.connection}.${event.segment_id}`;
+    if (event.is_final) {
+      session.attempts = 0;
+      dropBefore(out.end);
+    }
+  } else if (event.type === "speech_started" || event.type === "utterance_end") {
+    out.time = shift(event.time);
+  } else if (event.type === "session.created" && session.connection > 0) {
+    const lost = session.lost / (2 * TARGET_RATE);
+    session.lost = 0;
+    return { type: "reconnected", session_id: event.session_id, resumed_at: session.offset,
+      lost_seconds: lost };
+  }
+  return out;
 }
 
 function closeMeaning(code) {
@@ -233,6 +323,7 @@ async function stopCapture() {
 async function stop() {
   const ws = socket;
   await stopCapture();
+  if (live) live.stopping = true;
   if (!ws) return;
   if (ws.readyState === WebSocket.OPEN) {
     setState("closing", "waiting for the last finals");
@@ -252,6 +343,11 @@ function handleEvent(event) {
       for (const warning of event.warnings || []) showNotice(warning);
       break;
     }
+    case "reconnected":
+      ui.sessionInfo.textContent += ` → ${event.session_id}`;
+      showNotice(`reconnected: resumed at ${fmt(event.resumed_at)} s`
+        + (event.lost_seconds ? ` (${fmt(event.lost_seconds)} s of audio could not be kept)` : ""));
+      break;
     case "transcript":
       if (event.is_final) addFinal(event);
       else showPartial(event);
