@@ -33,6 +33,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     if dev_key is not None:
         overrides["dev_key"] = dev_key
     settings = load_settings(**overrides)
+    from app.workers import WorkersRefused, resolve_workers, serve_workers
+
+    try:
+        workers = resolve_workers(args.workers, settings)
+    except WorkersRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     url = f"ws://{settings.host}:{settings.port}"
@@ -43,6 +50,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  dev key: {dev_key}", flush=True)
         print("  try it:  .venv/bin/speechgate transcribe YOUR_FILE.wav "
               f"--url {url} --key {dev_key}", flush=True)
+    if workers > 1:
+        print(f"  workers: {workers} processes on port {settings.port}", flush=True)
+        return serve_workers(settings, workers)
     app, gateway = build_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
                             log_level=settings.log_level, ws_max_size=settings.max_frame_bytes,
@@ -162,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gateway")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    workers = os.environ.get("SPEECHGATE_WORKERS")
+    serve.add_argument("--workers", type=int, metavar="N",
+                       default=int(workers) if workers and workers.isdigit() else None,
+                       help="gateway processes on this port (default: $SPEECHGATE_WORKERS, "
+                            "else one per core when SPEECHGATE_REDIS_URL is set, else 1; "
+                            "more than 1 needs Redis)")
     serve.set_defaults(func=_serve)
 
     default_url = os.environ.get("SPEECHGATE_URL", "ws://127.0.0.1:8000")

@@ -38,6 +38,7 @@ class GatewayProc:
 
     def start(self, wait: bool = True) -> None:
         env = {**os.environ, "SPEECHGATE_HOST": "127.0.0.1", "SPEECHGATE_PORT": str(self.port),
+               "SPEECHGATE_WORKERS": "1",
                **self.env}
         self.process = subprocess.Popen(
             [sys.executable, "-c", SERVE, *self.args],
