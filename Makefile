@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := redis-server espeak-ng sox chromium
+APT_PACKAGES := redis-server espeak-ng sox chromium nginx
 
 .PHONY: run test install install-test system-deps node-deps bench lint clean
 
@@ -27,7 +27,7 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 install-test: $(VENV)/.installed-test
 
 # Debian packages the tests use: a real redis-server, espeak-ng/sox for synthetic speech,
-# chromium for the demo-page test.
+# chromium for the demo-page test, nginx for the rolling-deploy test.
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

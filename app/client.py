@@ -105,6 +105,12 @@ class SpeechgateClient:
                 if run.failures:
                     raise run.failures[0]
                 code = ws.close_code if ws.close_code is not None else 1006
+                if code == 1000 or code not in RETRY_CLOSE_CODES:
+                    for deferred in run.deferred:
+                        rendered = run.timeline.render(deferred)
+                        if rendered is not None:
+                            yield rendered
+                run.deferred.clear()
                 if code == 1000:
                     return
                 if run.finals > finals_before:
@@ -201,6 +207,7 @@ class _Run:
         self.failures: list[BaseException] = []
         self.finals = 0
         self.held_error: Event | None = None
+        self.deferred: list[Event] = []  # errors that only matter if we do not reconnect
         self.last_close: tuple[int, str] | None = None
         self.started: float | None = None
         self.connections = 0
@@ -226,13 +233,13 @@ class _Run:
         if self.pending is None:
             self.pending = asyncio.ensure_future(anext(self.source))
         try:
-            # Shielded: if this connection dies meanwhile, the next one gets the chunk.
+            # Shielded: if this connection dies meanwhile (this task is cancelled), the chunk
+            # stays pending, done or not, and the next connection's sender takes it.
             chunk = await asyncio.shield(self.pending)
         except StopAsyncIteration:
+            self.pending = None
             return None
-        finally:
-            if self.pending.done():
-                self.pending = None
+        self.pending = None
         return chunk
 
     async def _send(self, ws: Any, replay: bytes) -> None:
@@ -304,6 +311,11 @@ class _Run:
                     if rendered is not None:
                         yield rendered
                 kind = event.get("type")
+                if kind == "error" and event.get("code") == "invalid_message":
+                    # We send only audio and one close_stream: this is our audio arriving after
+                    # the server began to drain. It is replayed if the close says "try again".
+                    self.deferred.append(event)
+                    continue
                 if kind == "error":
                     self.held_error = event  # fatal or not: the next message or the close tells
                     continue
