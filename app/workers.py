@@ -17,13 +17,16 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
+from app.metrics import MULTIPROC_ENV, worker_exited
 from config import Settings
 
 logger = logging.getLogger("speechgate.workers")
@@ -148,6 +151,15 @@ class Supervisor:
     def run(self) -> int:
         # Fail here, once, if the port is taken by something that is not us.
         _listen(self.settings.host, self.settings.port).close()
+        # /metrics on any worker reports all of them (prometheus_client multiprocess mode).
+        metrics_dir = tempfile.mkdtemp(prefix="speechgate-metrics-")
+        os.environ[MULTIPROC_ENV] = metrics_dir
+        try:
+            return self._run()
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+    def _run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         self.processes = [self._spawn(i) for i in range(self.count)]
@@ -172,6 +184,8 @@ class Supervisor:
                         break
                     logger.warning("worker %d exited with %s: starting a new one", index,
                                    process.exitcode)
+                    if process.pid is not None:
+                        worker_exited(process.pid)
                     self.processes[index] = self._spawn(index)
             time.sleep(0.2)
         for process in self.processes:

@@ -15,6 +15,7 @@ import time
 from typing import Any
 from urllib.parse import urlencode
 
+import httpx
 import psutil
 import pytest
 import websockets
@@ -54,6 +55,21 @@ def _owner(gateway: GatewayProc, local_port: int) -> int:
             if conn.raddr and conn.raddr.port == local_port and conn.laddr.port == gateway.port:
                 return int(child.pid)
     raise AssertionError(f"no worker holds the connection from port {local_port}")
+
+
+async def _scrape(gateway: GatewayProc) -> str:
+    async with httpx.AsyncClient(base_url=gateway.http_url, timeout=10) as http:
+        # A new connection each time, so the kernel may pick either worker.
+        response = await http.get("/metrics", headers={"Connection": "close"})
+    response.raise_for_status()
+    return response.text
+
+
+def _value(text: str, series: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{series} not in /metrics:\n{text[:3000]}")
 
 
 async def _refused_on(gateway: GatewayProc, secret: str) -> tuple[int, int, dict[str, Any]]:
@@ -97,6 +113,14 @@ async def test_limits_hold_across_workers(redis: RedisServer) -> None:
                 break
         assert refused_by == workers, "every attempt landed on one worker"
         assert holder in workers
+        # /metrics, whichever worker answers, reports the whole process tree: one open stream,
+        # and the refusals of both workers.
+        for _ in range(6):
+            text = await _scrape(gateway)
+            assert _value(text, 'speechgate_active_sessions{model="local.tiny.en",'
+                                'provider="local"}') == 1
+            assert _value(text, 'speechgate_admission_refusals_total{reason="rate_limited"}') \
+                >= len(workers)
         await finish(held)
         # The slot is free again, for whichever worker.
         await finish(await open_stream(gateway.ws_url, secret))
