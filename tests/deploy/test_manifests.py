@@ -137,3 +137,26 @@ def test_compose_runs_what_kubernetes_runs() -> None:
     assert f"EXPOSE {k8s_env['SPEECHGATE_PORT']}" in dockerfile
     assert "USER 10001" in dockerfile and "HEALTHCHECK" in dockerfile
     assert dockerfile.count("FROM ") >= 2  # multi-stage
+
+
+def test_the_dashboard_plots_only_metrics_the_gateway_exports() -> None:
+    import re
+
+    exported = Metrics().render().decode()
+    families = set(re.findall(r"^# TYPE (\S+) (\S+)", exported, re.M))
+    names: set[str] = set()
+    for name, kind in families:
+        names.add(name)
+        if kind == "counter":
+            names.add(name + "_total")
+        if kind == "histogram":
+            names.update({name + "_bucket", name + "_sum", name + "_count"})
+    dashboard = json.loads((DEPLOY / "grafana-dashboard.json").read_text())
+    used = {m for panel in dashboard["panels"] for target in panel["targets"]
+            for m in re.findall(r"\b(speechgate_\w+)", target["expr"])}
+    assert used and used <= names, used - names
+    for wanted in ("speechgate_active_sessions", "speechgate_first_result_seconds_bucket",
+                   "speechgate_final_after_end_seconds_bucket",
+                   "speechgate_upstream_errors_total", "speechgate_admission_refusals_total",
+                   "speechgate_drain_sessions_remaining"):
+        assert wanted in used, wanted
