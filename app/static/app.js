@@ -201,8 +201,8 @@ async function start(event) {
     setState("failed", "no token");
     return;
   }
-  live = { cred, chunks: [], start: 0, end: 0, lost: 0, connection: 0, offset: 0,
-    attempts: 0, stopping: false };
+  live = { key, cred, chunks: [], start: 0, end: 0, lost: 0, connection: 0, offset: 0,
+    attempts: 0, stopping: false, deferred: [] };
   connect();
 }
 
@@ -249,7 +249,8 @@ function connect() {
     } catch {
       return;
     }
-    handleEvent(onTimeline(session, data));
+    const event = onTimeline(session, data);
+    if (event) handleEvent(event);
   };
   ws.onclose = (close) => {
     clearTimeout(closingTimer);
@@ -258,15 +259,22 @@ function connect() {
         && (capture || session.stopping)) {
       session.attempts += 1;
       session.connection += 1;
+      session.deferred = [];
       if (lastError && lastError.code === "server_restarting") lastError.element.remove();
       lastError = null;
       const delay = Math.min(5000, 250 * 2 ** (session.attempts - 1));
       showNotice(`${close.code} ${close.reason || closeMeaning(close.code)}: reconnecting`
         + ` (attempt ${session.attempts})`);
       setState("connecting", `reconnecting in ${(delay / 1000).toFixed(1)} s`);
-      setTimeout(() => { if (session === live) connect(); }, delay);
+      setTimeout(async () => {
+        if (session !== live) return;
+        // A fresh token: the old one may have expired, or been minted by the process that left.
+        try { session.cred = await credential(session.key); } catch { /* the close will say */ }
+        connect();
+      }, delay);
       return;
     }
+    for (const deferred of session.deferred.splice(0)) handleEvent(deferred);
     stopCapture();
     ui.level.style.width = "0";
     if (close.code === 1000) {
@@ -295,6 +303,11 @@ function onTimeline(session, event) {
     }
   } else if (event.type === "speech_started" || event.type === "utterance_end") {
     out.time = shift(event.time);
+  } else if (event.type === "error" && event.code === "invalid_message") {
+    // We send only audio and close_stream: this is our audio reaching a server that began to
+    // drain. It is replayed if the close says "try again"; shown only if it does not.
+    session.deferred.push(event);
+    return null;
   } else if (event.type === "session.created" && session.connection > 0) {
     const lost = session.lost / (2 * TARGET_RATE);
     session.lost = 0;

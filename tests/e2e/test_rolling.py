@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import redis.asyncio as aioredis
+from playwright.async_api import Browser
 
 from app.client import SpeechgateClient
 from app.resume import ReconnectPolicy
 from auth.keys import key_leases
 from tests.auth.e2e_client import ADMIN_TOKEN, create_key, refusal
 from tests.e2e.rollout import GatewayProc, nginx
+from tests.e2e.test_demo_page import browser, next_event, open_page, speech_wav  # noqa: F401
 from tests.fakes.providers import upstream
 from tests.servers import RedisServer
 from tests.speech import TWO_CITIES_TEXT, pcm, wer
@@ -174,3 +178,50 @@ async def test_a_rolling_restart_behind_nginx_loses_no_word(redis: RedisServer) 
     assert resumed >= len(PLAN) // 2, resumed
     assert max(max(s) for s in samples) <= LIMIT
     assert len(samples) > 100
+
+
+async def test_the_demo_page_resumes_live_microphone_after_a_restart(
+        browser: Browser, redis: RedisServer) -> None:  # noqa: F811 - imported fixture
+    """Headless Chromium speaking into the demo page (local engine); the gateway restarts
+    (SIGTERM, drain, 1012, a new process on the same port): the page reconnects, replays the
+    microphone audio since its last final, and the transcript goes on — later times, new
+    segment ids, no error shown, and a clean end."""
+    key = "sg_demo_" + os.urandom(6).hex()
+    gateway = GatewayProc({"SPEECHGATE_DEV_KEY": key, "SPEECHGATE_DRAIN_SECONDS": "10",
+                           "SPEECHGATE_REDIS_URL": f"redis://127.0.0.1:{redis.port}/{DB + 1}",
+                           "SPEECHGATE_LOG_LEVEL": "warning"})
+    gateway.start()
+    try:
+        page, events = await open_page(browser, gateway)  # type: ignore[arg-type]
+        await page.fill("#key", key)
+        await page.select_option("#model", "local.tiny.en")
+        await page.click("#start")
+        finals: list[dict[str, Any]] = []
+        async with asyncio.timeout(90):
+            while not finals:
+                event = await next_event(events)
+                assert event["name"] != "closed", event
+                if event["name"] == "final":
+                    finals.append(event["detail"])
+            await asyncio.to_thread(gateway.restart)
+            # Segment ids of a resumed session are prefixed r<connection attempt>.
+            while not any(str(f["segment_id"]).startswith("r") for f in finals):
+                event = await next_event(events)
+                assert event["name"] != "closed", event
+                if event["name"] == "final":
+                    finals.append(event["detail"])
+        await page.wait_for_selector("#notices .notice:text('reconnected')")
+        await page.click("#stop")
+        while (event := await next_event(events, 60))["name"] != "closed":
+            if event["name"] == "final":
+                finals.append(event["detail"])
+        assert event["detail"]["code"] == 1000
+        assert await page.locator("#errors .error").count() == 0
+        ids = [f["segment_id"] for f in finals]
+        assert len(ids) == len(set(ids)), ids
+        for before, after in itertools.pairwise(finals):
+            assert after["start"] >= before["end"] - 1e-3, (before, after)
+        assert gateway.starts == 2
+        await page.context.close()
+    finally:
+        gateway.stop()
