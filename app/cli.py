@@ -92,6 +92,11 @@ async def _transcribe(args: argparse.Namespace, settings: Settings) -> int:
             total.append(duration)
             progress.update(task, total=duration)
 
+    def on_reconnect(event: dict[str, Any]) -> None:
+        progress.console.print(f"gateway closed {event['code']} ({event['reason']}); "
+                               f"resumed at {event['resumed_at']:.1f} s", style="dim",
+                               markup=False, highlight=False)
+
     def on_sent(seconds: float) -> None:
         clock = f"{seconds:.1f}/{total[0]:.1f} s" if total else f"{seconds:.1f} s"
         progress.update(task, completed=seconds, clock=clock)
@@ -100,15 +105,13 @@ async def _transcribe(args: argparse.Namespace, settings: Settings) -> int:
               "interim_results": show_live or None, "diarization": args.diarization or None}
     try:
         events = client.transcribe_file(args.file, realtime=args.realtime, on_sent=on_sent,
-                                        duration_hint=on_duration, **params)
+                                        duration_hint=on_duration,
+                                        on_reconnect=on_reconnect, **params)
         async with contextlib.aclosing(events):
             with progress:
                 async for event in events:
-                    if event.get("type") == "reconnected":
-                        err.print(f"[dim]gateway closed {event['code']} ({event['reason']}); "
-                                  f"resumed at {event['resumed_at']:.1f} s[/dim]")
-                        if fmt != "verbose_json":
-                            continue
+                    if event.get("type") == "reconnected" and fmt != "verbose_json":
+                        continue
                     line = _render(event, fmt, wire_format)
                     if event.get("type") == "transcript" and not event.get("is_final"):
                         progress.update(task, partial=event.get("text", "")[-60:])

@@ -63,13 +63,15 @@ class SpeechgateClient:
     async def stream(self, chunks: AsyncIterator[bytes] | Iterable[bytes], *,
                      sample_rate: int = 16000, realtime: bool = False,
                      on_sent: Callable[[float], None] | None = None,
+                     on_reconnect: Callable[[Event], None] | None = None,
                      **params: Any) -> AsyncIterator[Event]:
         """Stream PCM chunks; yield server messages (dicts; text format: ``{"text": ...}``).
 
         Ends after the server closes with 1000; raises `SpeechgateError` on any other close.
         A close that means "try again" (1001, 1006, 1012, 1013, 1014) is followed by a new
         connection that replays the audio since the last final (`app.resume`); the events
-        continue on one timeline. verbose_json callers see a ``reconnected`` event then.
+        continue on one timeline. verbose_json callers see a ``reconnected`` event then, and
+        `on_reconnect` (any format) is called with it.
         """
         output_format = str(params.get("output_format") or "text")
         query: dict[str, Any] = {"sample_rate": sample_rate}
@@ -86,7 +88,7 @@ class SpeechgateClient:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         url = f"{self.url}/v1/transcribe?{urlencode(query, doseq=True)}"
         policy = self.reconnect or ReconnectPolicy(attempts=0)
-        run = _Run(chunks, sample_rate, realtime, on_sent, policy, output_format)
+        run = _Run(chunks, sample_rate, realtime, on_sent, policy, output_format, on_reconnect)
         try:
             attempt = 0
             while True:
@@ -148,6 +150,7 @@ class SpeechgateClient:
     async def transcribe_file(self, path: str, *, realtime: bool = False,
                               on_sent: Callable[[float], None] | None = None,
                               duration_hint: Callable[[float | None], None] | None = None,
+                              on_reconnect: Callable[[Event], None] | None = None,
                               **params: Any) -> AsyncGenerator[Event, None]:
         """Decode `path` (any format PyAV reads) and stream it at 16 kHz."""
         queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=50)
@@ -177,7 +180,8 @@ class SpeechgateClient:
         decoder = loop.run_in_executor(None, decode)
         try:
             async for event in self.stream(chunks(), sample_rate=16000, realtime=realtime,
-                                           on_sent=on_sent, **params):
+                                           on_sent=on_sent, on_reconnect=on_reconnect,
+                                           **params):
                 yield event
         finally:
             # Unblock the decoder thread if we stopped early.
@@ -196,8 +200,10 @@ class _Run:
 
     def __init__(self, chunks: AsyncIterator[bytes] | Iterable[bytes], rate: int,
                  realtime: bool, on_sent: Callable[[float], None] | None,
-                 policy: ReconnectPolicy, output_format: str) -> None:
+                 policy: ReconnectPolicy, output_format: str,
+                 on_reconnect: Callable[[Event], None] | None = None) -> None:
         self.source = self._each(chunks)
+        self.on_reconnect = on_reconnect
         self.pending: asyncio.Future[bytes] | None = None  # next chunk, survives a lost send
         self.source_done = False
         self.rate, self.realtime, self.on_sent = rate, realtime, on_sent
@@ -320,13 +326,17 @@ class _Run:
                     self.held_error = event  # fatal or not: the next message or the close tells
                     continue
                 if kind == "session.created" and self.timeline.created:
+                    code, reason = self.last_close or (1006, "connection lost")
+                    resumed: Event = {
+                        "type": "reconnected", "session_id": event.get("session_id"),
+                        "attempt": attempt, "code": code, "reason": reason,
+                        "resumed_at": round(self.timeline.offset, 3),
+                        "replayed_seconds": round(self.buffer.seconds(len(replay)), 3),
+                        "lost_seconds": round(lost, 3)}
+                    if self.on_reconnect is not None:
+                        self.on_reconnect(resumed)
                     if self.timeline.output_format == "verbose_json":
-                        code, reason = self.last_close or (1006, "connection lost")
-                        yield {"type": "reconnected", "session_id": event.get("session_id"),
-                               "attempt": attempt, "code": code, "reason": reason,
-                               "resumed_at": round(self.timeline.offset, 3),
-                               "replayed_seconds": round(self.buffer.seconds(len(replay)), 3),
-                               "lost_seconds": round(lost, 3)}
+                        yield resumed
                     continue
                 if kind == "session.created":
                     self.timeline.created = True

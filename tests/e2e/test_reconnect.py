@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -133,3 +135,32 @@ async def test_attempts_are_bounded_and_final_codes_are_not_retried() -> None:
             assert loop.time() - started < 30
         finally:
             gateway.stop()
+
+
+async def test_speechgate_transcribe_prints_every_final_once_across_a_restart(
+        tmp_path: Path) -> None:
+    from app.audio import wav_bytes
+
+    wav = tmp_path / "beckett16k.wav"
+    wav.write_bytes(wav_bytes(AUDIO, 16000))
+    async with upstream("deepgram", reference=AUDIO) as up:
+        gateway = GatewayProc(_env(up))
+        gateway.start()
+        try:
+            cli = await asyncio.create_subprocess_exec(
+                sys.executable, "-c",
+                "import sys; from app.cli import main; raise SystemExit(main(sys.argv[1:]))",
+                "transcribe", str(wav), "--url", gateway.ws_url, "--key", KEY, "--model",
+                "deepgram.nova-3", "--realtime", "--quiet", "--reconnect-attempts", "8",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            await asyncio.sleep(4.0)
+            await asyncio.to_thread(gateway.restart)
+            async with asyncio.timeout(60):
+                out, err = await cli.communicate()
+        finally:
+            gateway.stop()
+    assert cli.returncode == 0, err.decode()
+    assert gateway.starts == 2
+    lines = out.decode().splitlines()
+    assert len(lines) >= 2 and " ".join(lines) == BECKETT_TEXT, lines
+    assert "gateway closed 1012" in err.decode() and "resumed at" in err.decode(), err.decode()
