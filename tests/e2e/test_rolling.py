@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -225,3 +226,46 @@ async def test_the_demo_page_resumes_live_microphone_after_a_restart(
         await page.context.close()
     finally:
         gateway.stop()
+
+
+async def test_readiness_fails_as_soon_as_a_gateway_drains() -> None:
+    """Kubernetes must stop routing to a pod the moment it drains: once the SIGTERM is handled,
+    /readyz is never 200 again (503 draining on a kept-alive connection, refused on a new one)
+    while a session that cannot finish (its provider never answers the flush) holds the drain
+    open."""
+    import httpx
+    import websockets
+
+    key = "sg_ready_" + os.urandom(6).hex()
+    async with upstream("deepgram", fault="stall") as up:
+        gateway = GatewayProc({"SPEECHGATE_DEV_KEY": key, "DEEPGRAM_API_KEY": up.api_key,
+                               "SPEECHGATE_DEEPGRAM_BASE_URL": up.base_url,
+                               "SPEECHGATE_DRAIN_SECONDS": "4",
+                               "SPEECHGATE_DEFAULT_MODEL": DEEPGRAM,
+                               "SPEECHGATE_LOG_LEVEL": "warning"})
+        gateway.start()
+        try:
+            async with httpx.AsyncClient(base_url=gateway.http_url, timeout=2) as http:
+                assert (await http.get("/readyz")).status_code == 200
+                ws = await websockets.connect(
+                    f"{gateway.ws_url}/v1/transcribe?model={DEEPGRAM}&api_key={key}")
+                await ws.send(AUDIO[:32000])
+                assert gateway.process is not None
+                gateway.process.send_signal(signal.SIGTERM)
+                answers: list[int | str] = []
+                loop = asyncio.get_running_loop()
+                until = loop.time() + 2.5  # well inside the 4 s drain
+                while loop.time() < until:
+                    try:
+                        answers.append((await http.get("/readyz")).status_code)
+                    except httpx.TransportError as exc:
+                        answers.append(type(exc).__name__)
+                    await asyncio.sleep(0.1)
+                assert gateway.process.poll() is None, "the drain ended early"
+                # The signal takes a moment to arrive; from then on, never ready again.
+                first = next(i for i, a in enumerate(answers) if a != 200)
+                assert first <= 5 and 200 not in answers[first:], answers
+                await ws.close()
+            assert gateway.terminate(30) == -signal.SIGTERM
+        finally:
+            gateway.stop()
