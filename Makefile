@@ -4,9 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := redis-server espeak-ng sox chromium
+APT_PACKAGES := redis-server espeak-ng sox chromium nginx
 
-.PHONY: run test test-fast install install-test system-deps node-deps bench lint clean
+.PHONY: run test test-fast install install-test system-deps node-deps tools bench lint clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -27,8 +27,19 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 
 install-test: $(VENV)/.installed-test
 
+# checkov (the security linter of tests/deploy) in its own virtualenv: it pins packaging<24,
+# which the test tools' pytest cannot share.
+TOOLS ?= .venv-tools
+CHECKOV_VERSION := 3.3.30
+$(TOOLS)/.installed: Makefile
+	@test -x $(TOOLS)/bin/python || python3 -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip --disable-pip-version-check -q install checkov==$(CHECKOV_VERSION)
+	@touch $@
+
+tools: $(TOOLS)/.installed
+
 # Debian packages the tests use: a real redis-server, espeak-ng/sox for synthetic speech,
-# chromium for the demo-page test.
+# chromium for the demo-page test, nginx for the rolling-deploy test.
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -39,7 +50,7 @@ system-deps:
 node-deps:
 	@if [ -f tests/node/package-lock.json ]; then npm ci --silent --no-audit --no-fund --prefix tests/node; fi
 
-test: install-test system-deps node-deps
+test: install-test system-deps node-deps tools
 	$(PY) -m pytest
 
 # The unit tier: no gateway, no redis-server, no provider fake, no model decoding speech
@@ -60,6 +71,7 @@ bench: install-test system-deps
 	$(PY) -m bench.bench_relay
 	$(PY) -m bench.bench_auth
 	$(PY) -m bench.bench_fuzz
+	$(PY) -m bench.bench_workers
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

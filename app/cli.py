@@ -34,6 +34,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     if dev_key is not None:
         overrides["dev_key"] = dev_key
     settings = load_settings(**overrides)
+    from app.workers import WorkersRefused, resolve_workers, serve_workers
+
+    try:
+        workers = resolve_workers(args.workers, settings)
+    except WorkersRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     configure_logging(settings)  # one redacting handler for every logger (app/logs.py)
     url = f"ws://{settings.host}:{settings.port}"
     print(f"Speechgate on http://{settings.host}:{settings.port}  (demo page at /)", flush=True)
@@ -45,6 +52,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  dev key: {shown}", flush=True)
         print("  try it:  .venv/bin/speechgate transcribe YOUR_FILE.wav "
               f"--url {url} --key {shown}", flush=True)
+    if workers > 1:
+        print(f"  workers: {workers} processes on port {settings.port}", flush=True)
+        return serve_workers(settings, workers)
     app, gateway = build_app(settings)
     config = build_config(app, settings, log_config=None)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after shutdown
@@ -57,12 +67,15 @@ async def _transcribe(args: argparse.Namespace, settings: Settings) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from app.client import SpeechgateClient, SpeechgateError
+    from app.resume import ReconnectPolicy
 
     if not os.path.exists(args.file):  # noqa: ASYNC240 - one stat before streaming
         print(f"error: no such file: {args.file}", file=sys.stderr)
         return 2
     err = Console(stderr=True)
-    client = SpeechgateClient(args.url, args.key)
+    # A gateway restarting (1012) or a dropped connection: resume, replaying since the last final.
+    policy = ReconnectPolicy(attempts=args.reconnect_attempts) if args.reconnect_attempts else None
+    client = SpeechgateClient(args.url, args.key, reconnect=policy)
     show_live = err.is_terminal and not args.quiet
     fmt = args.format
     # Partials are shown live on a terminal; ask for them even if the output format has none.
@@ -79,6 +92,11 @@ async def _transcribe(args: argparse.Namespace, settings: Settings) -> int:
             total.append(duration)
             progress.update(task, total=duration)
 
+    def on_reconnect(event: dict[str, Any]) -> None:
+        progress.console.print(f"gateway closed {event['code']} ({event['reason']}); "
+                               f"resumed at {event['resumed_at']:.1f} s", style="dim",
+                               markup=False, highlight=False)
+
     def on_sent(seconds: float) -> None:
         clock = f"{seconds:.1f}/{total[0]:.1f} s" if total else f"{seconds:.1f} s"
         progress.update(task, completed=seconds, clock=clock)
@@ -87,10 +105,13 @@ async def _transcribe(args: argparse.Namespace, settings: Settings) -> int:
               "interim_results": show_live or None, "diarization": args.diarization or None}
     try:
         events = client.transcribe_file(args.file, realtime=args.realtime, on_sent=on_sent,
-                                        duration_hint=on_duration, **params)
+                                        duration_hint=on_duration,
+                                        on_reconnect=on_reconnect, **params)
         async with contextlib.aclosing(events):
             with progress:
                 async for event in events:
+                    if event.get("type") == "reconnected" and fmt != "verbose_json":
+                        continue
                     line = _render(event, fmt, wire_format)
                     if event.get("type") == "transcript" and not event.get("is_final"):
                         progress.update(task, partial=event.get("text", "")[-60:])
@@ -154,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gateway")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    workers = os.environ.get("SPEECHGATE_WORKERS")
+    serve.add_argument("--workers", type=int, metavar="N",
+                       default=int(workers) if workers and workers.isdigit() else None,
+                       help="gateway processes on this port (default: $SPEECHGATE_WORKERS, "
+                            "else one per core when SPEECHGATE_REDIS_URL is set, else 1; "
+                            "more than 1 needs Redis)")
     serve.set_defaults(func=_serve)
 
     default_url = os.environ.get("SPEECHGATE_URL", "ws://127.0.0.1:8000")
@@ -167,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--realtime", action="store_true", help="pace the audio in real time")
     tr.add_argument("--diarization", action="store_true")
     tr.add_argument("--quiet", action="store_true", help="no progress bar or live partials")
+    tr.add_argument("--reconnect-attempts", type=int, default=5, metavar="N",
+                    help="reconnect up to N times in a row when the gateway restarts or the "
+                         "connection drops, replaying the audio since the last final (0: never)")
     tr.set_defaults(func=_transcribe)
 
     models = sub.add_parser("models", help="list the gateway's models")

@@ -46,10 +46,14 @@ class Gateway:
         server's own 1012."""
         self.draining = True
         sessions = list(self.sessions)
+        self.metrics.drain_started(len(sessions))
         if not sessions:
             return
         logger.info("draining %d session(s) for up to %g s", len(sessions), seconds)
         tasks = [asyncio.create_task(s.drain()) for s in sessions]
+        for task in tasks:
+            task.add_done_callback(
+                lambda _: self.metrics.drain_progress(sum(not t.done() for t in tasks)))
         await asyncio.wait(tasks, timeout=seconds)
         for task in tasks:
             task.cancel()

@@ -154,8 +154,9 @@ def gateway_process(env: dict[str, str] | None = None,
                     port: int | None = None) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """Run ``python -m app`` as a separate process (for multi-process and crash tests)."""
     port = port or free_port()
+    # One process unless the test asks for workers (with Redis the default is one per core).
     full_env = {**os.environ, "SPEECHGATE_HOST": "127.0.0.1", "SPEECHGATE_PORT": str(port),
-                **(env or {})}
+                "SPEECHGATE_WORKERS": "1", **(env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=full_env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

@@ -5,6 +5,7 @@
 // be embedded or driven by tests.
 
 import { TARGET_RATE, startCapture } from "./capture.js";
+import { RECONNECT_ATTEMPTS, RETRY_CODES, keep, newStream, onTimeline } from "./resume.js";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -177,6 +178,8 @@ function sessionUrl(cred) {
   return `${scheme}//${location.host}/v1/transcribe?${params}`;
 }
 
+let live = null; // the stream across its connections (resume.js)
+
 async function start(event) {
   event.preventDefault();
   const key = ui.key.value.trim();
@@ -200,14 +203,33 @@ async function start(event) {
     restorePlaceholder();
     return;
   }
-  const ws = new WebSocket(sessionUrl(cred));
+  live = newStream(key, cred);
+  connect();
+}
+
+function connect() {
+  const session = live;
+  const resuming = session.connection > 0;
+  const ws = new WebSocket(sessionUrl(session.cred));
   ws.binaryType = "arraybuffer";
   socket = ws;
   ws.onopen = async () => {
-    if (cred.kind === "key") ws.send(JSON.stringify({ type: "auth", api_key: cred.value }));
+    if (session.cred.kind === "key") {
+      ws.send(JSON.stringify({ type: "auth", api_key: session.cred.value }));
+    }
+    if (resuming) {
+      session.offset = session.start / (2 * TARGET_RATE);
+      for (const chunk of session.chunks) ws.send(chunk);
+      if (session.stopping) ws.send(JSON.stringify({ type: "close_stream" }));
+      else setState("open", ui.model.value);
+      return;
+    }
     try {
       capture = await startCapture({
-        onAudio: (buffer) => { if (ws.readyState === WebSocket.OPEN) ws.send(buffer); },
+        onAudio: (buffer) => {
+          keep(live, buffer);
+          if (socket && socket.readyState === WebSocket.OPEN) socket.send(buffer);
+        },
         onLevel: (rms) => {
           const db = 20 * Math.log10(Math.max(rms, 1e-5));
           ui.level.style.width = `${Math.max(0, Math.min(100, ((db + 60) / 60) * 100))}%`;
@@ -228,10 +250,32 @@ async function start(event) {
     } catch {
       return;
     }
-    handleEvent(data);
+    const event = onTimeline(session, data);
+    if (event) handleEvent(event);
   };
   ws.onclose = (close) => {
     clearTimeout(closingTimer);
+    if (socket === ws) socket = null;
+    if (RETRY_CODES.has(close.code) && session === live && session.attempts < RECONNECT_ATTEMPTS
+        && (capture || session.stopping)) {
+      session.attempts += 1;
+      session.connection += 1;
+      session.deferred = [];
+      if (lastError && lastError.code === "server_restarting") lastError.element.remove();
+      lastError = null;
+      const delay = Math.min(5000, 250 * 2 ** (session.attempts - 1));
+      showNotice(`${close.code} ${close.reason || closeMeaning(close.code)}: reconnecting`
+        + ` (attempt ${session.attempts})`);
+      setState("connecting", `reconnecting in ${(delay / 1000).toFixed(1)} s`);
+      setTimeout(async () => {
+        if (session !== live) return;
+        // A fresh token: the old one may have expired, or been minted by the process that left.
+        try { session.cred = await credential(session.key); } catch { /* the close will say */ }
+        connect();
+      }, delay);
+      return;
+    }
+    for (const deferred of session.deferred.splice(0)) handleEvent(deferred);
     stopCapture();
     ui.level.style.width = "0";
     if (close.code === 1000) {
@@ -243,7 +287,6 @@ async function start(event) {
     if (!ui.partial.textContent) restorePlaceholder();
     document.dispatchEvent(new CustomEvent("speechgate:closed",
       { detail: { code: close.code, reason: close.reason } }));
-    if (socket === ws) socket = null;
   };
 }
 
@@ -266,6 +309,7 @@ async function stopCapture() {
 async function stop() {
   const ws = socket;
   await stopCapture();
+  if (live) live.stopping = true;
   if (!ws) return;
   if (ws.readyState === WebSocket.OPEN) {
     setState("closing", "waiting for the last finals");
@@ -285,6 +329,11 @@ function handleEvent(event) {
       for (const warning of event.warnings || []) showNotice(warning);
       break;
     }
+    case "reconnected":
+      ui.sessionInfo.textContent += ` → ${event.session_id}`;
+      showNotice(`reconnected: resumed at ${fmt(event.resumed_at)} s`
+        + (event.lost_seconds ? ` (${fmt(event.lost_seconds)} s of audio could not be kept)` : ""));
+      break;
     case "transcript":
       if (event.is_final) addFinal(event);
       else showPartial(event);

@@ -50,9 +50,12 @@ class FakeDeepgram(WsFake):
     def __init__(self, *, api_key: str = "dg-test-key", text: str = BECKETT_TEXT,
                  speech_seconds: float = BECKETT_SECONDS, idle_timeout: float = 10.0,
                  fault: str | None = None, echo: bool = False,
-                 speed: float | None = None) -> None:
+                 speed: float | None = None, reference: bytes | None = None) -> None:
         super().__init__()
         self.speed = speed
+        # The recording `text` is read from: a session that starts mid-recording (a client
+        # resuming after a reconnect) hears only the words after that point.
+        self.reference = reference
         self.echo = echo  # benchmark mode: one interim result per frame, text "b<bytes so far>"
         self.api_key = api_key
         self.text = text
@@ -159,6 +162,8 @@ class _Session:
         if not pcm or self.fake.fault == "data_error":
             await self.ws.close(1008, "DATA-0000 The payload cannot be decoded as audio.")
             return False
+        if self.fake.reference is not None and self.log.frames == 1:
+            self.recognizer.resume_from(self.fake.reference, pcm)
         for word in self.recognizer.feed(pcm):
             if not self.segment_open and self.vad_events:
                 await self.send({"type": "SpeechStarted", "channel": [0, 1],

@@ -69,6 +69,24 @@ class Recognizer:
             revealed.append(word)
         return revealed
 
+    def resume_from(self, reference: bytes, head: bytes) -> None:
+        """A client resumed mid-recording: find where `head` (the first audio of this session)
+        sits in `reference` (the whole recording) and account for the speech before it as
+        already heard and finalized, so this session says only the words after it — as a real
+        recognizer fed the second half of a recording would. No match: nothing changes."""
+        needle = head[: min(len(head), 1600)]
+        if len(needle) < 64 or self.received:
+            return
+        at = reference.find(needle)
+        while at > 0 and at % 2:
+            at = reference.find(needle, at + 1)
+        if at <= 0:
+            return
+        self.feed(reference[:at])
+        self.closed = len(self.words)
+        self.received = 0.0
+        self.silence_run = 0.0
+
     def open_words(self) -> list[FakeWord]:
         return self.words[self.closed:]
 
