@@ -32,8 +32,8 @@ class Metrics:
     def session_closed(self, session: Session) -> None:
         self.active.dec()
         self.audio.labels(session.model_id).inc(session.audio_seconds)
-        if session._first_partial_ms is not None:
-            self.first_partial.observe(session._first_partial_ms / 1000)
+        if session.first_result_ms is not None:
+            self.first_partial.observe(session.first_result_ms / 1000)
 
     def session_error(self, close_code: int) -> None:
         self.closes.labels(str(close_code)).inc()

@@ -34,8 +34,9 @@ class Settings(BaseSettings):
     auth_timeout: float = 5.0
     max_session_seconds: float = 3 * 3600.0
     max_frame_bytes: int = 1024 * 1024
-    # Fallback: seconds of most recent audio kept to replay into a fallback provider.
-    replay_seconds: float = 30.0
+    # Fallback: audio since the last final kept to replay into a fallback provider (seconds;
+    # what is older is reported as `lost_seconds` in `provider_switched`).
+    replay_seconds: float = 300.0
 
     # --- keys and limits -----------------------------------------------------------------
     redis_url: str | None = None
