@@ -31,9 +31,9 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any] | None]) -> None:
         try:
             await asyncio.wait(waiting)
         except asyncio.CancelledError:
-            cancelled = True  # ours: finish the children first, then re-raise
-            for task in waiting:
-                task.cancel()
+            # Ours: let the children finish their cleanup (they were cancelled already;
+            # cancelling again would cut it short), then re-raise.
+            cancelled = True
         waiting = {task for task in waiting if not task.done()}
     for task in pending:
         if not task.cancelled() and task.exception() is not None:

@@ -54,6 +54,7 @@ from adapters.base import (
 logger = logging.getLogger(__name__)
 
 CLOSE_WAIT = 10.0  # bound on closing a failed stream in the background
+EPSILON = 1e-6  # seconds: times compared with this slack (float sums of chunk durations)
 
 _SWITCHABLE = (ProviderUnavailable, ProviderNotConfigured, ProviderAuthError, ProviderTimeout)
 
@@ -121,14 +122,14 @@ class ReplayBuffer:
     def add(self, start: float, pcm: bytes) -> None:
         self.chunks.append((start, pcm))
         self.seconds += self._duration(pcm)
-        while self.chunks and self.seconds > self.max_seconds:
+        while self.chunks and self.seconds > self.max_seconds + EPSILON:
             self.seconds -= self._duration(self.chunks.popleft()[1])
 
     def drop_before(self, time_s: float) -> None:
         """Forget audio that ends before `time_s` (a final covers it)."""
         while self.chunks:
             start, pcm = self.chunks[0]
-            if start + self._duration(pcm) > time_s:
+            if start + self._duration(pcm) > time_s + EPSILON:
                 break
             self.chunks.popleft()
             self.seconds -= self._duration(pcm)
@@ -152,7 +153,7 @@ class FallbackStream(SttStream):
         self._replay = ReplayBuffer(replay_seconds, options.sample_rate)
         self._order = asyncio.Lock()  # audio, finalize, end of stream and switches in order
         self._serving: _Serving | None = None
-        self._position = 0.0  # input seconds received
+        self._samples = 0  # input samples received
         self._covered = 0.0  # session time up to which finals have been seen
         self._switches = 0
         self._closing: set[asyncio.Task[None]] = set()
@@ -214,12 +215,11 @@ class FallbackStream(SttStream):
             seconds = len(pcm) / (BYTES_PER_SAMPLE * self.options.sample_rate)
             if self._candidates:
                 self._replay.add(self._position, pcm)
-            self._position += seconds
-            model = serving.opened.model_id
-            self.seconds_by_model[model] = self.seconds_by_model.get(model, 0.0) + seconds
+            self._samples += len(pcm) // BYTES_PER_SAMPLE
             data = serving.opened.convert(pcm, False)
-            if data:
-                await self._on(serving, serving.opened.stream.send_audio(data))
+            if data and not await self._on(serving, serving.opened.stream.send_audio(data)):
+                return
+            self._count(serving.opened.model_id, seconds)
 
     async def _finalize(self) -> None:
         async with self._order:
@@ -267,13 +267,22 @@ class FallbackStream(SttStream):
 
     # ---- internals ---------------------------------------------------------------------------
 
+    @property
+    def _position(self) -> float:
+        """Input seconds received."""
+        return self._samples / self.options.sample_rate
+
     def _require(self) -> _Serving:
         if self._serving is None:
             raise RuntimeError("FallbackStream not started")
         return self._serving
 
-    async def _on(self, serving: _Serving, operation: Awaitable[None]) -> None:
+    def _count(self, model: str, seconds: float) -> None:
+        self.seconds_by_model[model] = self.seconds_by_model.get(model, 0.0) + seconds
+
+    async def _on(self, serving: _Serving, operation: Awaitable[None]) -> bool:
         """Run an operation on a candidate stream; abandon it if that stream is over.
+        True if it completed.
 
         A `ProviderError` ends that stream (its `events()` raises it, which is where a switch
         happens), so it is not raised here.
@@ -281,7 +290,7 @@ class FallbackStream(SttStream):
         if serving.over:
             if asyncio.iscoroutine(operation):
                 operation.close()
-            return
+            return False
         try:
             async with asyncio.timeout(None) as scope:
                 serving.scopes.add(scope)
@@ -294,10 +303,13 @@ class FallbackStream(SttStream):
                 raise
             logger.debug("%s: operation abandoned, the stream is over",
                          serving.opened.model_id)
+            return False
         except ProviderError as exc:
             logger.info("%s: upstream operation failed: %s", serving.opened.model_id, exc)
             serving.opened.stream._fail(exc)  # noqa: SLF001 - make sure its events() end
             serving.end()
+            return False
+        return True
 
     def _translate(self, serving: _Serving, event: StreamEvent) -> StreamEvent | None:
         offset, prefix = serving.offset, serving.prefix
@@ -347,13 +359,13 @@ class FallbackStream(SttStream):
         if not self._candidates:
             self.disable_fallback()
         replayed = 0.0
-        for _, pcm in chunks:
-            replayed += len(pcm) / (BYTES_PER_SAMPLE * self.options.sample_rate)
-            data = opened.convert(pcm, False)
-            if data:
-                await self._on(serving, opened.stream.send_audio(data))
         model = opened.model_id
-        self.seconds_by_model[model] = self.seconds_by_model.get(model, 0.0) + replayed
+        for _, pcm in chunks:
+            seconds = len(pcm) / (BYTES_PER_SAMPLE * self.options.sample_rate)
+            replayed += seconds
+            data = opened.convert(pcm, False)
+            if not data or await self._on(serving, opened.stream.send_audio(data)):
+                self._count(model, seconds)
         for _ in range(failed.pending_finalize):
             serving.pending_finalize += 1
             await self._on(serving, opened.stream.finalize())

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from adapters._tasks import cancel_and_wait
 from adapters.base import AdapterContext
 from adapters.registry import Registry
 from app.metrics import Metrics
@@ -48,10 +49,11 @@ class Gateway:
         if not sessions:
             return
         logger.info("draining %d session(s) for up to %g s", len(sessions), seconds)
-        tasks = [asyncio.create_task(s.drain()) for s in sessions]
-        await asyncio.wait(tasks, timeout=seconds)
-        for task in tasks:
-            task.cancel()
+        tasks = [asyncio.create_task(s.drain(), name=f"{s.id}:drain") for s in sessions]
+        try:
+            await asyncio.wait(tasks, timeout=seconds)
+        finally:
+            await cancel_and_wait(tasks)
 
 
 def _secret(value: object) -> str | None:
