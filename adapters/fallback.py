@@ -40,6 +40,7 @@ from adapters.base import (
     ProviderAuthError,
     ProviderError,
     ProviderNotConfigured,
+    ProviderProtocolError,
     ProviderSwitched,
     ProviderTimeout,
     ProviderUnavailable,
@@ -206,6 +207,14 @@ class FallbackStream(SttStream):
             self._serving = _Serving(opened, 0.0, "")
             return
         raise RuntimeError("no candidate")  # pragma: no cover - the constructor forbids it
+
+    async def send_audio(self, pcm: bytes) -> None:
+        """Forward input PCM to the serving stream (and keep it for replay while fallbacks
+        remain); returns once taken, or at once when that stream is over (no lock is held
+        across a wait on a dead stream). The hot path: no extra `_guard` layer."""
+        if self._input_closed or self._closed:
+            raise ProviderProtocolError("audio after end of stream", provider=self.provider)
+        await self._send_audio(pcm)
 
     async def _send_audio(self, pcm: bytes) -> None:
         if not pcm:

@@ -138,8 +138,10 @@ class Session:
         self._client_bytes += len(data)
         pcm = self._framer.push(data)
         if pcm:
-            with contextlib.suppress(ab.ProviderError):  # the pump reports upstream failures
+            try:
                 await self.stream.send_audio(pcm)
+            except ab.ProviderError:
+                pass  # the pump reports upstream failures
 
     async def finalize(self) -> None:
         self._limits.touch()
