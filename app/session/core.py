@@ -312,7 +312,8 @@ class Session:
 @contextlib.asynccontextmanager
 async def open_session(gateway: Gateway, request: SessionRequest, principal: Principal, *,
                        origin: str | None = None) -> AsyncIterator[Session]:
-    """Check the models exist and the key may use them, take a lease, open the upstream.
+    """Check the models exist (the fallbacks too) and the key may use them, take a lease,
+    open the upstream.
 
     Raises `GatewayError` (4404 unknown model, 4403/4429/4402 refusals, 4503 unconfigured...)
     before any upstream is opened when the session cannot start. The key's ``allowed_models``
@@ -320,13 +321,14 @@ async def open_session(gateway: Gateway, request: SessionRequest, principal: Pri
     """
     if gateway.draining:
         raise GatewayError(1012, "server restarting; reconnect")
-    try:
-        gateway.registry.resolve(request.model)
-    except ab.ModelNotFound as exc:
-        raise to_gateway_error(exc) from None
-    except ab.ProviderNotConfigured as exc:
-        if not request.fallback:
+    for model in (request.model, *request.fallback):
+        try:
+            gateway.registry.resolve(model)
+        except ab.ModelNotFound as exc:  # a typo in a fallback would never work: say so now
             raise to_gateway_error(exc) from None
+        except ab.ProviderNotConfigured as exc:
+            if not request.fallback:
+                raise to_gateway_error(exc) from None
     try:
         for model in (request.model, *request.fallback):
             check_model_allowed(principal.key, model)

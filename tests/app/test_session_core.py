@@ -236,6 +236,16 @@ async def test_fallback_model_outside_allowed_models_is_refused_before_anything_
         assert isinstance(events[-1], SessionEnded)
 
 
+async def test_unknown_fallback_model_is_refused_up_front() -> None:
+    async with env() as e:
+        with pytest.raises(GatewayError) as info:
+            async with open_session(e.gateway, e.request(fallback="fake.nope"), e.principal):
+                pass
+        assert info.value.close_code == 4404 and "fake.nope" in info.value.reason
+        assert e.fake.streams == []
+        e.assert_nothing_held()
+
+
 # ---- failures, limits and the end ---------------------------------------------------------
 
 
