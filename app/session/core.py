@@ -263,7 +263,11 @@ class Session:
         # FORCED: the limit's own error follows; ENDED/CLOSED: nothing more to say
 
     async def _finalize_then_fail(self, err: GatewayError) -> None:
-        """Deliver pending finals (bounded wait), then end with `err` instead of a clean end."""
+        """Deliver pending finals (bounded wait), then end with `err` instead of a clean end.
+        (After the client's close_stream, at once; if another forced end is under way, that
+        one ends the session.)"""
+        if self.state is State.FORCED:
+            return
         if self.state is State.OPEN:
             self.state = State.FORCED
             self.stream.disable_fallback()

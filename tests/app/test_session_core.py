@@ -318,6 +318,19 @@ async def test_drain_delivers_finals_then_1012() -> None:
     assert isinstance(events[-1], SessionError) and events[-1].error.close_code == 1012
 
 
+async def test_a_second_forced_end_does_not_cut_the_first_ones_finals() -> None:
+    async with env({"a": Script(final_every=100)}) as e, \
+            open_session(e.gateway, e.request(), e.principal) as session:
+        reader = asyncio.create_task(collect(session))
+        await session.send_audio(blocks(5))
+        await asyncio.gather(
+            session._finalize_then_fail(GatewayError(1012, "server restarting; reconnect")),
+            session._finalize_then_fail(GatewayError(4413, "too long")))
+        events = await asyncio.wait_for(reader, WAIT)
+    assert heard(events) == set(range(5))
+    assert isinstance(events[-1], SessionError) and events[-1].error.close_code == 1012
+
+
 async def test_client_leaving_closes_the_upstream_and_releases() -> None:
     async with env() as e:
         async with open_session(e.gateway, e.request(), e.principal) as session:
