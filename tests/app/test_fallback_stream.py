@@ -364,3 +364,82 @@ async def test_second_switch_gets_its_own_prefix() -> None:
     assert reader.heard() == set(range(30))
     ids = [f.segment_id for f in reader.finals()]
     assert len(ids) == len(set(ids))
+
+
+async def test_speech_events_after_a_switch_are_in_session_time() -> None:
+    from adapters.base import SpeechStarted, UtteranceEnd
+
+    fake = FakeAdapter({"a": Script(fail_at=1.5), "b": Script()})
+    async with fallback(fake) as stream:
+        await stream.start()
+        reader = Consumer(stream)
+        await stream.serving.stream._emit(SpeechStarted(0.25))
+        await feed(stream, 0, 20)
+        b = stream.serving.stream
+        assert stream.serving.model_id == "fake.b"
+        await b._emit(SpeechStarted(0.25))
+        await b._emit(UtteranceEnd(0.5))
+        await stream.close_stream()
+        await reader.done()
+    speech = [e for e in reader.events if isinstance(e, SpeechStarted | UtteranceEnd)]
+    assert speech == [SpeechStarted(0.25), SpeechStarted(1.25), UtteranceEnd(1.5)]
+
+
+async def test_the_converters_tail_is_sent_before_the_end_of_stream() -> None:
+    """A converter (resampler) holding samples back flushes them at close_stream."""
+    fake = FakeAdapter({"a": Script()})
+    held: list[bytes] = []
+
+    def convert(pcm: bytes, last: bool) -> bytes:  # holds back the last 0.1 s
+        held.append(pcm)
+        data = b"".join(held)
+        keep = 0 if last else min(len(data), 3200)
+        held[:] = [data[len(data) - keep:]] if keep else []
+        return data[:len(data) - keep]
+
+    async def open_(model: str) -> Opened:
+        stream = fake.open_stream("a", StreamOptions(sample_rate=RATE))
+        await stream.start()
+        return Opened(model, "fake", stream, convert)
+
+    stream = FallbackStream(["fake.a"], open_, StreamOptions(sample_rate=RATE),
+                            replay_seconds=300)
+    await stream.start()
+    reader = Consumer(stream)
+    await feed(stream, 0, 5)
+    assert len(fake.stream_of("a").received) == 4 * 3200
+    await stream.close_stream()
+    await reader.done()
+    await stream.aclose()
+    assert reader.heard() == set(range(5))
+
+
+async def test_finalize_on_a_dead_stream_or_after_the_end_is_a_no_op() -> None:
+    fake = FakeAdapter({"a": Script(fail_at=0.5)})
+    async with fallback(fake, "fake.a") as stream:
+        await stream.start()
+        reader = Consumer(stream)
+        await feed(stream, 0, 8)  # fails at 0.5 s
+        await stream.finalize()
+        await reader.done()
+    assert fake.stream_of("a").finalizes == 0
+    assert isinstance(reader.error, ProviderUnavailable)
+
+
+async def test_a_failed_stream_slow_to_close_does_not_delay_the_switch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import adapters.fallback
+
+    monkeypatch.setattr(adapters.fallback, "CLOSE_WAIT", 0.2)
+    fake = FakeAdapter({"a": Script(fail_at=1.0, shutdown_delay=30.0), "b": Script()})
+    async with fallback(fake) as stream:
+        await stream.start()
+        reader = Consumer(stream)
+        await feed(stream, 0, 20)
+        await stream.close_stream()
+        await reader.done()  # bounded by WAIT, far below a's 30 s close
+        assert reader.heard() == set(range(20))
+        closing = set(stream._closing)
+        assert closing and not any(t.done() for t in closing)
+    # aclose() waited for it (bounded by CLOSE_WAIT) and then cancelled it: nothing left
+    assert all(t.done() for t in closing)

@@ -33,6 +33,7 @@ from app.session import (
     SessionWarning,
     State,
     core,
+    limits,
     open_session,
 )
 from app.session.events import OUT_QUEUE_SIZE
@@ -246,6 +247,29 @@ async def test_unknown_fallback_model_is_refused_up_front() -> None:
         e.assert_nothing_held()
 
 
+async def test_no_model_can_be_opened_refuses_the_session() -> None:
+    down = ProviderUnavailable("cannot reach fake", provider="fake")
+    async with env({"a": Script(fail_start=down), "b": Script(fail_start=down)}) as e:
+        with pytest.raises(GatewayError) as info:
+            async with open_session(e.gateway, e.request(fallback="fake.b"), e.principal):
+                pass
+        assert info.value.close_code == 4503 and "cannot reach fake" in info.value.reason
+        e.assert_nothing_held()
+
+
+async def test_a_language_the_model_does_not_speak_is_a_4400() -> None:
+    from adapters.base import Capabilities
+
+    async with env() as e:
+        e.fake.caps = Capabilities(languages=("en", "de"))
+        with pytest.raises(GatewayError) as info:
+            async with open_session(e.gateway, e.request(language="fr"), e.principal):
+                pass
+        assert info.value.close_code == 4400
+        assert "fake.a supports en, de, not 'fr'" in info.value.reason
+        e.assert_nothing_held()
+
+
 # ---- failures, limits and the end ---------------------------------------------------------
 
 
@@ -289,6 +313,33 @@ async def test_length_limit_4413() -> None:
         events = await asyncio.wait_for(collect(session), WAIT)
         assert isinstance(events[-1], SessionError) and events[-1].error.close_code == 4413
         assert session.input_closed
+
+
+async def test_usage_is_metered_warned_then_the_quota_ends_the_session(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "USAGE_INTERVAL", 0.05)
+    async with env({"a": Script(final_every=100)}, key={"audio_seconds_per_day": 3},
+                   idle_timeout=30) as e, \
+            open_session(e.gateway, e.request(), e.principal) as session:
+        events: list[SessionEvent] = []
+
+        async def read() -> None:
+            async for event in session.events():
+                events.append(event)
+
+        reader = asyncio.create_task(read())
+        await session.send_audio(blocks(28))  # 2.8 s: over the warning threshold (90 %)
+        async with asyncio.timeout(WAIT):
+            while not any(isinstance(ev, SessionWarning) for ev in events):
+                await asyncio.sleep(0.02)
+        await session.send_audio(blocks(7, 28))  # 3.5 s: over the quota
+        await asyncio.wait_for(reader, WAIT)
+        usage = await e.gateway.access.store.usage(e.principal.key_id)
+    warnings = [ev for ev in events if isinstance(ev, SessionWarning)]
+    assert warnings and warnings[0].code == "quota_warning"
+    assert heard(events) == set(range(35)), "the finals of the audio received come first"
+    assert isinstance(events[-1], SessionError) and events[-1].error.close_code == 4402
+    assert usage["total"]["audio_seconds"] == 3.5, "every second received is metered"
 
 
 async def test_a_stalled_upstream_cannot_hold_a_forced_end(
