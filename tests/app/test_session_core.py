@@ -322,16 +322,17 @@ async def test_usage_is_metered_warned_then_the_quota_ends_the_session(
                    idle_timeout=30) as e, \
             open_session(e.gateway, e.request(), e.principal) as session:
         events: list[SessionEvent] = []
+        warned = asyncio.Event()
 
         async def read() -> None:
             async for event in session.events():
                 events.append(event)
+                if isinstance(event, SessionWarning):
+                    warned.set()
 
         reader = asyncio.create_task(read())
         await session.send_audio(blocks(28))  # 2.8 s: over the warning threshold (90 %)
-        async with asyncio.timeout(WAIT):
-            while not any(isinstance(ev, SessionWarning) for ev in events):
-                await asyncio.sleep(0.02)
+        await asyncio.wait_for(warned.wait(), WAIT)
         await session.send_audio(blocks(7, 28))  # 3.5 s: over the quota
         await asyncio.wait_for(reader, WAIT)
         usage = await e.gateway.access.store.usage(e.principal.key_id)
