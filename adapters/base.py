@@ -206,10 +206,11 @@ class SttStream(ABC):
             await self._shutdown()
         except Exception:  # noqa: BLE001 - closing must never raise
             logger.debug("%s shutdown failed", self.provider, exc_info=True)
-        try:
-            await cancel_and_wait(list(self._tasks))
-        finally:
-            self._finish()
+        finally:  # also when the caller is cancelled mid-close: no task is left behind
+            try:
+                await cancel_and_wait(list(self._tasks))
+            finally:
+                self._finish()
 
     async def __aenter__(self) -> SttStream:
         await self.start()

@@ -88,6 +88,11 @@ class FakeStream(SttStream):
     async def _start(self) -> None:
         if self.script.fail_start is not None:
             raise self.script.fail_start
+        self.reader = self._spawn(self._read(), "reader")
+
+    async def _read(self) -> None:
+        """Like a provider socket's reader: runs until the stream is shut down."""
+        await asyncio.Event().wait()
 
     async def _send_audio(self, pcm: bytes) -> None:
         script = self.script

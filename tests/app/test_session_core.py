@@ -447,5 +447,6 @@ async def test_cancelling_a_connection_mid_close_propagates_and_leaks_nothing() 
             await asyncio.wait_for(task, WAIT)
         assert task.cancelled()
         e.assert_nothing_held()
+        assert e.fake.stream_of("a").reader.done(), "the upstream's reader was stopped"
         leaked = asyncio.all_tasks() - before - {asyncio.current_task()}
         assert not [t for t in leaked if not t.done()]
