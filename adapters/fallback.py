@@ -260,10 +260,11 @@ class FallbackStream(SttStream):
                         yield translated
             except ProviderError as exc:
                 serving.end()
-                yield await self._switch(serving, exc)  # raises `exc` when it cannot
-                continue
-            serving.end()
-            return
+                switched = await self._switch(serving, exc)  # raises `exc` when it cannot
+            else:
+                serving.end()
+                return
+            yield switched
 
     async def _shutdown(self) -> None:
         serving = self._serving
