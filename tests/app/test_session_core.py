@@ -167,15 +167,18 @@ async def test_finalize_acknowledged_after_its_finals() -> None:
     assert sum(isinstance(ev, Finalized) for ev in events) == 1
 
 
-async def test_provider_warning_becomes_a_session_warning() -> None:
-    from adapters.base import ProviderWarning
+async def test_provider_warning_becomes_a_session_warning_usage_is_not_relayed() -> None:
+    from adapters.base import ProviderUsage, ProviderWarning
 
     async with env() as e, open_session(e.gateway, e.request(), e.principal) as session:
         reader = asyncio.create_task(collect(session))
         await e.fake.stream_of("a")._emit(ProviderWarning("slow", "upstream is slow"))
+        await e.fake.stream_of("a")._emit(ProviderUsage(12.0))
         await session.close_stream()
         events = await asyncio.wait_for(reader, WAIT)
     assert SessionWarning("slow", "upstream is slow") in events
+    assert not any(isinstance(ev, ProviderUsage) for ev in events)
+    assert [type(ev) for ev in events] == [SessionCreated, SessionWarning, SessionEnded]
 
 
 async def test_audio_after_close_stream_is_refused() -> None:
