@@ -250,8 +250,8 @@ class Session:
         try:
             async for event in self.stream.events():
                 out = self._relay(event)
-                if out is not None:
-                    await self._out.put(out)
+                if out is not None and not self._out.offer(out):
+                    await self._out.put(out)  # the front-end is behind: wait for it
         except ab.ProviderError as exc:
             await self._end(SessionError(to_gateway_error(exc)))
             return
