@@ -146,7 +146,7 @@ class FallbackStream(SttStream):
 
     def __init__(self, candidates: Sequence[str], opener: Opener, options: StreamOptions, *,
                  replay_seconds: float) -> None:
-        super().__init__("fallback", options, queue_size=1)
+        super().__init__("fallback", options, queue_size=2)  # its own queue: only the end
         if not candidates:
             raise ValueError("FallbackStream needs at least one candidate")
         self._candidates = list(candidates)
