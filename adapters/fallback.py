@@ -44,6 +44,7 @@ from adapters.base import (
     ProviderSwitched,
     ProviderTimeout,
     ProviderUnavailable,
+    ProviderWarning,
     SpeechStarted,
     StreamEvent,
     StreamOptions,
@@ -173,6 +174,21 @@ class FallbackStream(SttStream):
     def candidates(self) -> tuple[str, ...]:
         """The models not tried yet."""
         return tuple(self._candidates)
+
+    def notify(self, event: ProviderWarning) -> bool:
+        """Put `event` in line with the serving stream's events (the consumer of `events()`
+        gets it next); False if that stream is over or its queue is full."""
+        serving = self._serving
+        if serving is None or serving.over:
+            return False
+        stream = serving.opened.stream
+        if stream._ended:  # noqa: SLF001 - the contract's own queue, same package
+            return False
+        try:
+            stream._events.put_nowait(event)  # noqa: SLF001
+        except asyncio.QueueFull:
+            return False
+        return True
 
     def disable_fallback(self) -> None:
         """No more switches (the session is being ended by a limit)."""

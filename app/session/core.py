@@ -14,6 +14,11 @@ The session has one upstream, an `adapters.fallback.FallbackStream` (which owns 
 replay, time shifts and the resampling to each model's rate). Here: the odd-byte carry, the
 relay rules (`relay`), the limits and metering (`limits`), and the life cycle, one `State`.
 
+Events: the upstream's are read by the front-end's writer itself (`events`), through the
+relay rules, from the adapter's bounded queue: no task hand-off, and a client that stops
+reading stops the upstream's reader. The session's own events (created, warnings when the
+upstream cannot take them in line, the last event) wait in its bounded `EventQueue`.
+
 Release before close: when the session ends, its usage is written, its lease released and it
 leaves ``gateway.sessions`` *before* the last event (`SessionEnded`/`SessionError`) is handed
 to the front-end, so a client reconnecting as soon as it sees the close is admitted.
@@ -88,7 +93,7 @@ class Session:
         self._meter = limits.Meter(admission)
         self.stream = FallbackStream([request.model, *request.fallback], self._open,
                                      request.options, replay_seconds=settings.replay_seconds)
-        self._pump_task: asyncio.Task[None] | None = None
+        self._upstream_over = asyncio.Event()  # the upstream's events ended (or failed)
         self._watch_task: asyncio.Task[None] | None = None
         self._released = False
         self._closed_event = asyncio.Event()
@@ -141,7 +146,7 @@ class Session:
             try:
                 await self.stream.send_audio(pcm)
             except ab.ProviderError:
-                pass  # the pump reports upstream failures
+                pass  # reported where its events are read (`events`)
 
     async def finalize(self) -> None:
         self._limits.touch()
@@ -170,10 +175,32 @@ class Session:
         self._limits.touch()
 
     async def events(self) -> AsyncIterator[SessionEvent]:
+        """Everything for the client, in order: `SessionCreated` first, `SessionEnded` or
+        `SessionError` last. Read from one task (the front-end's writer): the upstream's
+        events are relayed as that task reads them, with no hand-off through another task,
+        so a client that stops reading stops the upstream's reader (backpressure)."""
+        while self._out.ready():
+            yield self._out.get_nowait()
+        try:
+            async for event in self.stream.events():
+                out = self._relay(event)
+                if out is not None:
+                    yield out
+        except ab.ProviderError as exc:
+            self._upstream_over.set()
+            await self._end(SessionError(to_gateway_error(exc)))
+        else:
+            self._upstream_over.set()
+            if self.state is State.CLOSING:
+                await self._end(self._ended("close_stream"))
+            elif self.state is State.OPEN:
+                await self._end(SessionError(GatewayError(
+                    4502, f"{self.stream.serving.provider} ended the stream unexpectedly")))
+            # FORCED: the limit's own error follows; ENDED/CLOSED: nothing more to say
         while True:
-            event = await self._out.get()
-            yield event
-            if isinstance(event, SessionEnded | SessionError):
+            last = await self._out.get()
+            yield last
+            if isinstance(last, SessionEnded | SessionError):
                 return
 
     # ---- lifecycle --------------------------------------------------------------------------
@@ -196,7 +223,6 @@ class Session:
             language=serving.stream.options.language,
             sample_rate=self.request.options.sample_rate, options=dict(serving.statuses),
             warnings=(*warnings, *serving.warnings)))
-        self._pump_task = asyncio.create_task(self._pump(), name=f"{self.id}:pump")
         self._watch_task = asyncio.create_task(limits.watch(
             self._limits, self._meter, usage=lambda: (self.audio_seconds, self.model_id),
             input_open=lambda: self.state is State.OPEN, warn=self._warn,
@@ -208,7 +234,7 @@ class Session:
             return
         self.state = State.CLOSED
         try:
-            await cancel_and_wait([self._pump_task, self._watch_task])
+            await cancel_and_wait([self._watch_task])
         finally:
             try:
                 await self.stream.aclose()
@@ -241,26 +267,12 @@ class Session:
                       dict(statuses), tuple(warnings))
 
     def _warn(self, warning: SessionWarning) -> None:
+        # In line with the upstream's events (the front-end may be waiting on them).
+        if self.stream.notify(ab.ProviderWarning(warning.code, warning.message)):
+            return
         if not self._out.offer(warning):
             logger.info("session %s: warning not delivered, client not reading: %s",
                         self.id, warning.message)
-
-    async def _pump(self) -> None:
-        """Upstream events -> relay rules -> the front-end's queue; then the last event."""
-        try:
-            async for event in self.stream.events():
-                out = self._relay(event)
-                if out is not None and not self._out.offer(out):
-                    await self._out.put(out)  # the front-end is behind: wait for it
-        except ab.ProviderError as exc:
-            await self._end(SessionError(to_gateway_error(exc)))
-            return
-        if self.state is State.CLOSING:
-            await self._end(self._ended("close_stream"))
-        elif self.state is State.OPEN:
-            await self._end(SessionError(GatewayError(
-                4502, f"{self.stream.serving.provider} ended the stream unexpectedly")))
-        # FORCED: the limit's own error follows; ENDED/CLOSED: nothing more to say
 
     async def _finalize_then_fail(self, err: GatewayError) -> None:
         """Deliver pending finals (bounded wait), then end with `err` instead of a clean end.
@@ -271,13 +283,12 @@ class Session:
         if self.state is State.OPEN:
             self.state = State.FORCED
             self.stream.disable_fallback()
-            pump = self._pump_task
             with contextlib.suppress(TimeoutError, ab.ProviderError):
                 async with asyncio.timeout(FINALIZE_WAIT):
                     await self.stream.close_stream()
-                    if pump is not None:
-                        await asyncio.wait({pump})
-            await cancel_and_wait([self._pump_task])
+                    await self._upstream_over.wait()  # its finals were read
+            if not self._upstream_over.is_set():
+                await self.stream.aclose()  # stalled, or nobody reads: its events end now
         await self._end(SessionError(err))
 
     async def _end(self, event: Terminal) -> None:

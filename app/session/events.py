@@ -88,6 +88,17 @@ class EventQueue:
             self._readable.set()
             self._writable.set()  # a producer still waiting gives up
 
+    def ready(self) -> bool:
+        """Whether a non-terminal event is waiting."""
+        return bool(self._items)
+
+    def get_nowait(self) -> SessionEvent:
+        """The next non-terminal event (call when `ready`)."""
+        event = self._items.popleft()
+        if len(self._items) < self._size:
+            self._writable.set()
+        return event
+
     @property
     def ended(self) -> bool:
         return self._terminal is not None
