@@ -94,6 +94,7 @@ class Session:
         self.stream = FallbackStream([request.model, *request.fallback], self._open,
                                      request.options, replay_seconds=settings.replay_seconds)
         self._upstream_over = asyncio.Event()  # the upstream's events ended (or failed)
+        self._reader_started = False
         self._watch_task: asyncio.Task[None] | None = None
         self._released = False
         self._closed_event = asyncio.Event()
@@ -179,6 +180,9 @@ class Session:
         `SessionError` last. Read from one task (the front-end's writer): the upstream's
         events are relayed as that task reads them, with no hand-off through another task,
         so a client that stops reading stops the upstream's reader (backpressure)."""
+        if self._reader_started:
+            raise RuntimeError("Session.events() has one reader; keep the first iterator")
+        self._reader_started = True
         while self._out.ready():
             yield self._out.get_nowait()
         try:

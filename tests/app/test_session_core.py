@@ -181,6 +181,17 @@ async def test_provider_warning_becomes_a_session_warning_usage_is_not_relayed()
     assert [type(ev) for ev in events] == [SessionCreated, SessionWarning, SessionEnded]
 
 
+async def test_events_have_one_reader() -> None:
+    async with env() as e, open_session(e.gateway, e.request(), e.principal) as session:
+        first = session.events()
+        assert isinstance(await anext(first), SessionCreated)
+        with pytest.raises(RuntimeError, match="one reader"):
+            await anext(session.events())
+        await session.close_stream()
+        rest = [event async for event in first]
+    assert isinstance(rest[-1], SessionEnded)
+
+
 async def test_audio_after_close_stream_is_refused() -> None:
     async with env() as e, open_session(e.gateway, e.request(), e.principal) as session:
         await session.close_stream()
