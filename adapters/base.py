@@ -23,7 +23,6 @@ their own modules and are re-exported here: a provider module imports the contra
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 from abc import ABC, abstractmethod
@@ -31,6 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
+from adapters._tasks import cancel_and_wait
 from adapters.errors import ModelNotFound as ModelNotFound
 from adapters.errors import ProviderAuthError as ProviderAuthError
 from adapters.errors import ProviderBadRequest as ProviderBadRequest
@@ -130,8 +130,24 @@ class TurnEvent:
     confidence: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ProviderSwitched:
+    """A `FallbackStream` (``adapters/fallback.py``) moved to its next model.
+
+    ``replayed_seconds`` of audio since the last final were sent again to the new model;
+    ``lost_seconds`` of audio since the last final could not be (older than the replay
+    buffer holds). Events after this one come from the new model, already in session time.
+    """
+
+    from_model: str
+    to_model: str
+    reason: str
+    replayed_seconds: float
+    lost_seconds: float = 0.0
+
+
 StreamEvent = (SpeechStarted | Transcript | UtteranceEnd | Finalized | ProviderUsage
-               | ProviderWarning | TurnEvent)
+               | ProviderWarning | TurnEvent | ProviderSwitched)
 
 
 # ------------------------------------------------------------------------------- streams
@@ -162,7 +178,6 @@ class SttStream(ABC):
         self._ended = False
         self._input_closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._sink: Callable[[StreamEvent], None] | None = None
 
     # ---- public API (called by the session core) --------------------------------------
 
@@ -197,24 +212,6 @@ class SttStream(ABC):
                 raise item
             yield item  # type: ignore[misc]
 
-    def deliver_to(self, sink: Callable[[StreamEvent], None]) -> None:
-        """Hand every event to `sink` as it is emitted, instead of queueing it for `events()`.
-
-        The relay path of the gateway uses this to save a task hand-off per result. Events
-        already queued go to `sink` first, in order; `events()` then only ends the stream
-        (returns, or raises the `ProviderError` that ended it).
-        """
-        queued: list[object] = []
-        while not self._events.empty():
-            queued.append(self._events.get_nowait())
-        self._sink = sink
-        for index, item in enumerate(queued):
-            if item is _END or isinstance(item, ProviderError):
-                for rest in queued[index:]:
-                    self._events.put_nowait(rest)
-                return
-            sink(item)  # type: ignore[arg-type]
-
     async def aclose(self) -> None:
         """Close the upstream now (idempotent); `events()` ends."""
         if self._closed:
@@ -224,12 +221,11 @@ class SttStream(ABC):
             await self._shutdown()
         except Exception:  # noqa: BLE001 - closing must never raise
             logger.debug("%s shutdown failed", self.provider, exc_info=True)
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task
-        self._finish()
+        finally:  # also when the caller is cancelled mid-close: no task is left behind
+            try:
+                await cancel_and_wait(list(self._tasks))
+            finally:
+                self._finish()
 
     async def __aenter__(self) -> SttStream:
         await self.start()
@@ -257,11 +253,10 @@ class SttStream(ABC):
         """Release the upstream (close sockets, cancel work); must not raise."""
 
     async def _emit(self, event: StreamEvent) -> None:
+        """Queue `event` for `events()`; awaits while the consumer is behind (the one bounded
+        path every event takes: a slow consumer slows the upstream reader, nothing piles up)."""
         if not self._ended:
-            if self._sink is not None:
-                self._sink(event)
-            else:
-                await self._events.put(event)
+            await self._events.put(event)
 
     def _finish(self) -> None:
         """The stream is over; `events()` ends after what was already emitted."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from dataclasses import dataclass
 
 from adapters.base import (
     Adapter,
@@ -33,12 +34,28 @@ PROVIDERS: dict[str, str] = {
 }
 
 
-def split_model_id(model_id: str) -> tuple[str, str]:
-    """``"deepgram.nova-3"`` -> ``("deepgram", "nova-3")``; raises `ModelNotFound` if malformed."""
-    provider, sep, model = model_id.partition(".")
-    if not sep or not provider or not model:
-        raise ModelNotFound(f"model must look like provider.model, got {model_id!r}")
-    return provider, model
+@dataclass(frozen=True, slots=True)
+class ModelId:
+    """A model id, ``provider.name`` (``"deepgram.nova-3"``, ``"local.tiny.en"``): parsed once
+    at the edge, then passed around whole. ``str(model_id)`` gives the text back."""
+
+    provider: str
+    name: str
+
+    @classmethod
+    def parse(cls, text: str | ModelId) -> ModelId:
+        """Raises `ModelNotFound` (a 4404; parameter checks turn it into a 4400) naming the
+        text when it is not ``provider.name``."""
+        if isinstance(text, ModelId):
+            return text
+        provider, sep, name = text.strip().partition(".")
+        if not sep or not provider or not name:
+            raise ModelNotFound(f"model must look like provider.model (e.g. local.tiny.en), "
+                                f"got {text[:40]!r}")
+        return cls(provider, name)
+
+    def __str__(self) -> str:
+        return f"{self.provider}.{self.name}"
 
 
 class Registry:
@@ -55,15 +72,19 @@ class Registry:
             raise ModelNotFound(f"unknown provider {provider!r} (known: {', '.join(PROVIDERS)})")
         return adapter
 
-    def resolve(self, model_id: str) -> tuple[Adapter, str, Capabilities]:
+    def register(self, adapter: Adapter) -> None:
+        """Serve `adapter` for its provider name (tests plug scripted adapters in this way)."""
+        self._adapters[adapter.provider] = adapter
+
+    def resolve(self, model_id: str | ModelId) -> tuple[Adapter, str, Capabilities]:
         """Find the adapter and capabilities of a model; raises if unknown or unconfigured."""
-        provider, model = split_model_id(model_id)
-        adapter = self.adapter(provider)
-        caps = adapter.capabilities(model)  # raises ModelNotFound
+        parsed = ModelId.parse(model_id)
+        adapter = self.adapter(parsed.provider)
+        caps = adapter.capabilities(parsed.name)  # raises ModelNotFound
         reason = adapter.unavailable_reason()
         if reason:
-            raise ProviderNotConfigured(reason, provider=provider)
-        return adapter, model, caps
+            raise ProviderNotConfigured(reason, provider=parsed.provider)
+        return adapter, parsed.name, caps
 
     def catalogue(self) -> list[ModelInfo]:
         models: list[ModelInfo] = []

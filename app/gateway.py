@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from adapters._tasks import cancel_and_wait
 from adapters.base import AdapterContext
 from adapters.registry import Registry
 from app.metrics import Metrics
@@ -50,13 +51,14 @@ class Gateway:
         if not sessions:
             return
         logger.info("draining %d session(s) for up to %g s", len(sessions), seconds)
-        tasks = [asyncio.create_task(s.drain()) for s in sessions]
+        tasks = [asyncio.create_task(s.drain(), name=f"{s.id}:drain") for s in sessions]
         for task in tasks:
             task.add_done_callback(
                 lambda _: self.metrics.drain_progress(sum(not t.done() for t in tasks)))
-        await asyncio.wait(tasks, timeout=seconds)
-        for task in tasks:
-            task.cancel()
+        try:
+            await asyncio.wait(tasks, timeout=seconds)
+        finally:
+            await cancel_and_wait(tasks)
 
 
 def adapter_contexts(settings: Settings) -> dict[str, AdapterContext]:

@@ -11,6 +11,7 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
+from adapters.registry import ModelId
 from app import routes
 from app.frontends import admin, openai_batch, socketio
 from app.frontends.base import websocket_route
@@ -88,11 +89,11 @@ async def startup(gateway: Gateway) -> None:
     if settings.dev_key is not None:
         await gateway.access.ensure_key(settings.dev_key.get_secret_value(), "dev")
     # Load the default local model now, so the first session does not wait for it.
-    provider, _, model = settings.default_model.partition(".")
     try:
-        adapter = gateway.registry.adapter(provider)
+        model = ModelId.parse(settings.default_model)
+        adapter = gateway.registry.adapter(model.provider)
         warmup = getattr(adapter, "warmup", None)
         if warmup is not None:
-            await warmup(model)
+            await warmup(model.name)
     except Exception as exc:  # noqa: BLE001 - sessions for this model will report the cause
         logger.warning("default model %s is not ready: %s", settings.default_model, exc)

@@ -81,13 +81,12 @@ class Metrics:
         self.active.labels(provider, model).dec()
         self.audio.labels(_provider(session.model_id), session.model_id).inc(
             session.audio_seconds)
-        first_ms = getattr(session, "_first_partial_ms", None)
+        first_ms = session.first_result_ms
         if first_ms is not None:
             self.first_partial.labels(provider).observe(first_ms / 1000)
-        requested = getattr(session, "_close_requested", None)
-        last_final = getattr(session, "_last_final_at", None)
-        if requested is not None and last_final is not None:
-            self.final_latency.labels(provider).observe(max(0.0, last_final - requested))
+        final_ms = session.final_after_end_ms
+        if final_ms is not None:
+            self.final_latency.labels(provider).observe(final_ms / 1000)
 
     def session_error(self, close_code: int, code: str | None = None) -> None:
         """A session (or its admission) ended with `close_code`; `code` is the error's machine

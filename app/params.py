@@ -12,7 +12,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from adapters.base import StreamOptions
+from adapters.base import ModelNotFound, StreamOptions
+from adapters.registry import ModelId
 from app.errors import GatewayError
 from app.safejson import BadJson, loads_bounded
 
@@ -72,6 +73,15 @@ def parse_list(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(item for item in items if item)
 
 
+def _model_id(name: str, value: str) -> str:
+    """A ``provider.model`` id, normalized (4400 naming the parameter if malformed)."""
+    try:
+        return str(ModelId.parse(value))
+    except ModelNotFound:
+        raise _bad(name, f"expected provider.model (e.g. local.tiny.en), "
+                         f"got {value.strip()[:40]!r}") from None
+
+
 def _number(name: str, value: str, lo: float, hi: float, *, integer: bool) -> float:
     try:
         number = int(value) if integer else float(value)
@@ -92,9 +102,7 @@ def parse_session_params(
         values = params.get(name)
         return values[-1] if values else None
 
-    model = (one("model") or default_model).strip()
-    if "." not in model:
-        raise _bad("model", f"expected provider.model (e.g. local.tiny.en), got {model[:40]!r}")
+    model = _model_id("model", one("model") or default_model)
 
     language = (one("language") or "en").strip()
     if language != "auto":
@@ -131,10 +139,7 @@ def parse_session_params(
     vocabulary = parse_list(params.get("custom_vocabulary", []))
     if len(vocabulary) > 200:
         raise _bad("custom_vocabulary", "more than 200 terms")
-    fallback = parse_list(params.get("fallback", []))
-    for item in fallback:
-        if "." not in item:
-            raise _bad("fallback", f"expected provider.model ids, got {item[:40]!r}")
+    fallback = tuple(_model_id("fallback", item) for item in parse_list(params.get("fallback", [])))
 
     options = StreamOptions(
         language=language,

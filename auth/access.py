@@ -48,6 +48,14 @@ def resolve_quotas(limits: KeyLimits, defaults: Quotas) -> Quotas:
     )
 
 
+def check_model_allowed(record: KeyRecord, model_id: str) -> None:
+    """Raise `AccessDenied` (4403 naming the model) unless the key may use `model_id`."""
+    if record.allowed_models and not any(fnmatchcase(model_id, pattern)
+                                         for pattern in record.allowed_models):
+        raise AccessDenied(4403, f"key not allowed to use model {model_id}"[:123],
+                           code="model_not_allowed")
+
+
 def _normalize_origin(origin: str) -> str:
     return origin.strip().rstrip("/").lower()
 
@@ -197,10 +205,7 @@ class GatewayAccessControl(AccessControl):
     async def admit(self, principal: Principal, model_id: str, *,
                     origin: str | None = None) -> GatewayAdmission:
         record = principal.key
-        if record.allowed_models and not any(fnmatchcase(model_id, pattern)
-                                             for pattern in record.allowed_models):
-            raise AccessDenied(4403, f"key not allowed to use model {model_id}"[:123],
-                               code="model_not_allowed")
+        check_model_allowed(record, model_id)
         check_origin(record, origin)
         quotas = resolve_quotas(record.limits, self.defaults)
         lease_id = uuid.uuid4().hex

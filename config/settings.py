@@ -103,8 +103,9 @@ class Settings(BaseSettings):
     max_frame_bytes: int = 1024 * 1024
     # POST /v1/transcribe: longest decoded audio accepted (413 beyond; decoding stops there).
     max_batch_seconds: float = Field(3 * 3600.0, gt=0)
-    # Fallback: seconds of most recent audio kept to replay into a fallback provider.
-    replay_seconds: float = 30.0
+    # Fallback: audio since the last final kept to replay into a fallback provider (seconds;
+    # what is older is reported as `lost_seconds` in `provider_switched`).
+    replay_seconds: float = 300.0
 
     # --- keys and limits -----------------------------------------------------------------
     redis_url: str | None = None

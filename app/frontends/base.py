@@ -20,6 +20,7 @@ from typing import Any
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from adapters._tasks import cancel_and_wait
 from app.errors import GatewayError, to_gateway_error
 from app.gateway import Gateway
 from app.params import SessionRequest
@@ -56,34 +57,9 @@ class Disconnect:
 Frame = bytes | Message | Disconnect
 
 
-async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any] | None]) -> None:
-    """Cancel `tasks` (the caller's own task, None and finished ones are skipped) and wait
-    until each has ended. The caller's own cancellation is not swallowed: if it is cancelled
-    meanwhile, the tasks still finish their cleanup, then `CancelledError` propagates. A
-    task's failure other than a client-side one is logged, never lost.
-
-    (Same contract as the session core's `adapters/_tasks.cancel_and_wait`, written on a
-    parallel branch: after the merge this one can be that one.)"""
-    current = asyncio.current_task()
-    pending = {task for task in tasks if task is not None and task is not current}
-    for task in pending:
-        task.cancel()
-    cancelled = False
-    waiting = {task for task in pending if not task.done()}
-    while waiting:
-        try:
-            await asyncio.wait(waiting)
-        except asyncio.CancelledError:
-            cancelled = True  # ours: let the children finish (they are cancelled already)
-        waiting = {task for task in waiting if not task.done()}
-    for task in pending:
-        if task.cancelled():
-            continue
-        exc = task.exception()
-        if exc is not None and not isinstance(exc, GatewayError | WebSocketDisconnect | OSError):
-            logger.error("task %r failed while being cancelled", task, exc_info=exc)
-    if cancelled:
-        raise asyncio.CancelledError
+async def stop_tasks(tasks: Iterable[asyncio.Future[Any] | None]) -> None:
+    """`cancel_and_wait` for a connection's tasks: a client leaving is not worth a log line."""
+    await cancel_and_wait(tasks, expected=(GatewayError, WebSocketDisconnect, OSError))
 
 
 async def touch_while_forwarding(session: Session, forwarding: Callable[[], bool]) -> None:
@@ -245,7 +221,7 @@ class WebSocketFrontend(ABC):
                 if exc is not None and not isinstance(exc, WebSocketDisconnect):
                     await self._fail(to_gateway_error(exc))
         finally:
-            await cancel_and_wait(tasks)
+            await stop_tasks(tasks)
 
 
 def websocket_route(path: str, frontend: type[WebSocketFrontend]) -> WebSocketRoute:

@@ -46,7 +46,7 @@ from starlette.types import ASGIApp
 from adapters import base as ab
 from app.credentials import key_from_request
 from app.errors import GatewayError, to_gateway_error
-from app.frontends.base import cancel_and_wait, touch_while_forwarding
+from app.frontends.base import stop_tasks, touch_while_forwarding
 from app.gateway import Gateway
 from app.params import SessionRequest, parse_session_params
 from app.safejson import BadJson, loads_bounded
@@ -140,7 +140,7 @@ class _SocketSession:
                 try:
                     code, reason = await self._relay(session)
                 finally:
-                    await cancel_and_wait([feeder, alive])
+                    await stop_tasks([feeder, alive])
         except Exception as exc:  # the session could not start, or failed
             error = to_gateway_error(exc)
             await emit("session-error", {"error": error.message, "code": error.close_code},

@@ -78,7 +78,8 @@ def verbose_json(event: SessionEvent, provider: str, language: str | None) -> di
                 "confidence": event.confidence}
     if isinstance(event, ProviderSwitched):
         return {"type": "provider_switched", "from": event.from_model, "to": event.to_model,
-                "reason": event.reason, "replayed_seconds": event.replayed_seconds}
+                "reason": event.reason, "replayed_seconds": event.replayed_seconds,
+                "lost_seconds": event.lost_seconds}
     if isinstance(event, SessionWarning):
         return {"type": "warning", "code": event.code, "message": event.message}
     if isinstance(event, SessionError):

@@ -1,15 +1,14 @@
 """The session core: one transcription session, whatever front-end carries it."""
 
-from app.session.core import (
+from app.session.core import Session, State, open_session
+from app.session.events import (
     ProviderSwitched,
-    Session,
     SessionCreated,
     SessionEnded,
     SessionError,
     SessionEvent,
     SessionWarning,
-    open_session,
 )
 
 __all__ = ["ProviderSwitched", "Session", "SessionCreated", "SessionEnded", "SessionError",
-           "SessionEvent", "SessionWarning", "open_session"]
+           "SessionEvent", "SessionWarning", "State", "open_session"]

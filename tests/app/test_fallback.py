@@ -49,6 +49,7 @@ async def test_provider_failing_mid_stream_switches_and_replays() -> None:
     assert len(switched) == 1
     assert switched[0]["from"] == "deepgram.nova-3" and switched[0]["to"] == "local.tiny.en"
     assert switched[0]["replayed_seconds"] > 0
+    assert switched[0]["lost_seconds"] == 0, "everything since the last final was replayed"
     assert "NET-0000" in switched[0]["reason"]
     finals = [t for t in result.of_type("transcript") if t["is_final"]]
     providers = [f["provider"] for f in finals]

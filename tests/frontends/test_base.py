@@ -1,6 +1,6 @@
-"""`cancel_and_wait`: tasks are cancelled and awaited, the caller's own cancellation is never
-swallowed, and a task's real failure is logged, not lost. And a connection cancelled while it
-is closing leaves no session behind."""
+"""A connection's tasks are stopped with `stop_tasks` (`adapters._tasks.cancel_and_wait`,
+tested in tests/app/test_tasks.py): a client leaving is not logged, a real failure is. And a
+connection cancelled while it is closing leaves no session behind."""
 
 from __future__ import annotations
 
@@ -10,58 +10,24 @@ import logging
 
 import pytest
 import websockets
+from starlette.websockets import WebSocketDisconnect
 
-from app.frontends.base import cancel_and_wait
+from app.frontends.base import stop_tasks
 from tests.servers import Gateway, sessions_gone
 
 
-async def test_cancels_and_waits_for_every_task() -> None:
-    cleaned: list[str] = []
+async def test_a_client_leaving_is_quiet_a_real_failure_is_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def fail(exc: BaseException) -> None:
+        raise exc
 
-    async def worker(name: str) -> None:
-        try:
-            await asyncio.sleep(3600)
-        finally:
-            await asyncio.sleep(0.01)  # cleanup that itself awaits
-            cleaned.append(name)
-
-    tasks = [asyncio.create_task(worker(n)) for n in "abc"]
+    left = asyncio.create_task(fail(WebSocketDisconnect(1001)))
+    broken = asyncio.create_task(fail(KeyError("parser bug")))
     await asyncio.sleep(0)
-    await cancel_and_wait(tasks)
-    assert sorted(cleaned) == ["a", "b", "c"] and all(t.cancelled() for t in tasks)
-
-
-async def test_the_callers_cancellation_is_not_swallowed() -> None:
-    release = asyncio.Event()
-
-    async def stubborn() -> None:
-        try:
-            await asyncio.sleep(3600)
-        finally:
-            await release.wait()  # slow to finish cancelling
-
-    task = asyncio.create_task(stubborn())
-    await asyncio.sleep(0)
-    owner = asyncio.create_task(cancel_and_wait([task]))
-    await asyncio.sleep(0.05)
-    owner.cancel()  # the owner is cancelled while it waits
-    await asyncio.sleep(0.05)
-    assert not owner.done(), "the child's cleanup is still awaited"
-    release.set()
-    with pytest.raises(asyncio.CancelledError):
-        await owner
-    assert owner.cancelled() and task.cancelled()
-
-
-async def test_a_real_failure_is_logged(caplog: pytest.LogCaptureFixture) -> None:
-    async def broken() -> None:
-        raise KeyError("parser bug")
-
-    task = asyncio.create_task(broken())
-    await asyncio.sleep(0)
-    with caplog.at_level(logging.ERROR, logger="app.frontends.base"):
-        await cancel_and_wait([task])
-    assert any(r.exc_info and "parser bug" in str(r.exc_info[1]) for r in caplog.records)
+    with caplog.at_level(logging.WARNING, logger="adapters._tasks"):
+        await stop_tasks([left, broken])
+    failures = [r for r in caplog.records if r.exc_info]
+    assert len(failures) == 1 and "parser bug" in str(failures[0].exc_info[1])
 
 
 async def test_connection_cancelled_mid_close_leaves_no_session(gateway: Gateway) -> None:
