@@ -97,6 +97,11 @@ class Metrics:
         elif close_code in UPSTREAM_CODES:
             self.upstream_errors.labels(str(close_code)).inc()
 
+    def active_total(self) -> float:
+        """Sessions open now in this process, over every provider and model."""
+        return sum(sample.value for metric in self.active.collect()
+                   for sample in metric.samples)
+
     def drain_started(self, sessions: int) -> None:
         self.draining.set(1)
         self.drain_remaining.set(sessions)

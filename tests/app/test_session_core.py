@@ -61,7 +61,7 @@ class Env:
     def assert_nothing_held(self) -> None:
         assert self.gateway.sessions == set()
         assert self.leases() == 0
-        assert self.gateway.metrics.active._value.get() == 0
+        assert self.gateway.metrics.active_total() == 0
 
 
 @asynccontextmanager
