@@ -172,3 +172,13 @@ def gateway_process(env: dict[str, str] | None = None,
                 proc.wait(5)
         if proc.stderr:
             proc.stderr.close()
+
+
+async def active_sessions(http_url: str) -> float:
+    """``speechgate_active_sessions`` of a gateway (any process), summed over its labels."""
+    import httpx
+
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"{http_url}/metrics")).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("speechgate_active_sessions"))

@@ -12,17 +12,15 @@ provider fakes.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.fakes._server import BECKETT_SECONDS
 from tests.fakes.providers import upstream
-from tests.servers import Gateway, running_gateway
-from tests.speech import BECKETT_TEXT, pcm
+from tests.servers import Gateway, active_sessions, running_gateway
+from tests.speech import BECKETT_TEXT, pcm, wer
 from tests.wsclient import transcribe
 
 REPEAT = 5
@@ -39,17 +37,9 @@ def paced_assemblyai() -> Iterator[None]:
         yield
 
 
-async def active_sessions(gw: Gateway) -> float:
-    async with httpx.AsyncClient() as http:
-        text = (await http.get(f"{gw.http_url}/metrics")).text
-    match = re.search(r"^speechgate_active_sessions (\S+)$", text, re.M)
-    assert match, text
-    return float(match.group(1))
-
-
 async def no_session_left(gw: Gateway, within: float = 10.0) -> None:
     async with asyncio.timeout(within):
-        while await active_sessions(gw):  # noqa: ASYNC110 - polling another process's gauge
+        while await active_sessions(gw.http_url):  # noqa: ASYNC110 - polling another process's gauge
             await asyncio.sleep(0.1)
 
 
@@ -117,3 +107,38 @@ async def test_segmented_upload_faults_close_in_bounded_time(model: str, fault: 
                                           params={"model": model, "output_format": "json"})
             await no_session_left(gw)
     assert result.close_code == close, (result.close_code, result.close_reason)
+
+
+@pytest.mark.slow
+async def test_a_stall_mid_stream_falls_back_to_the_local_engine_with_no_word_lost() -> None:
+    """Deepgram stalls 2 s into a 30 s real-time stream (no final yet); with
+    ``fallback=local.tiny.en`` the session switches within the stall window + 3 s, replays
+    everything since the last final (nothing lost), and the local engine's finals cover the
+    whole recording, stalled part included."""
+    window = 2.0
+    async with upstream("deepgram", proxy=True) as up:
+        assert up.proxy is not None
+        up.proxy.stall_after(64000)  # 2 s of 16 kHz audio reach the fake, then nothing
+        settings = {**up.settings(), "provider_stall_timeout": window}
+        with running_gateway(**settings) as gw:
+            loop = asyncio.get_running_loop()
+            task = asyncio.create_task(transcribe(
+                gw.ws_url, pcm("beckett.wav") * 3, key=gw.dev_key, realtime_rate=16000,
+                params={"model": f"deepgram.{up.model}", "fallback": "local.tiny.en",
+                        "output_format": "verbose_json"}))
+            async with asyncio.timeout(30):
+                await up.proxy.stalled.wait()
+            stalled = loop.time()
+            async with asyncio.timeout(90):
+                result = await task
+            await no_session_left(gw)
+    assert result.close_code == 1000, (result.close_code, result.close_reason)
+    [switch] = result.of_type("provider_switched")
+    at = result.arrival[result.messages.index(switch)]
+    assert at - stalled <= window + 3 + 1, at - stalled  # + the event reaching the client
+    assert switch["to"] == "local.tiny.en" and switch["lost_seconds"] == 0
+    assert switch["replayed_seconds"] >= 2.0  # the stalled part, since there was no final
+    assert wer(" ".join([BECKETT_TEXT] * 3), result.final_text()) <= 0.2, result.final_text()
+    first_final = next(t for t, m in zip(result.arrival, result.messages, strict=True)
+                       if t > at and isinstance(m, dict) and m.get("is_final"))
+    print(f"first fallback final {first_final - at:.2f} s after the switch")
