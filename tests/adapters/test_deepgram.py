@@ -122,21 +122,8 @@ async def test_keepalive_holds_a_silent_stream_open() -> None:
     audio = pcm("beckett.wav")
     async with FakeDeepgram(idle_timeout=1.0) as fake:
         stream = adapter(fake, keepalive_interval=0.3).open_stream("nova-3", StreamOptions())
-        await stream.start()
-        events: list[object] = []
-
-        async def consume() -> None:
-            async for e in stream.events():
-                events.append(e)
-
-        reader = asyncio.create_task(consume())
-        await stream.send_audio(audio[:32000])
-        await asyncio.sleep(2.5)  # the client is silent for 2.5 idle windows
-        for i in range(32000, len(audio), 3200):
-            await stream.send_audio(audio[i:i + 3200])
-        await stream.close_stream()
-        await asyncio.wait_for(reader, 10)
-        await stream.aclose()
+        # the client is silent for 2.5 idle windows after 1 s of audio
+        await run(stream, audio, pause_after=10, pause=2.5)
         log = await fake.wait_closed()
     keepalives = [t for m, t in zip(log.messages, log.message_times, strict=True)
                   if m["type"] == "KeepAlive"]

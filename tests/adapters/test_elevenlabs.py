@@ -138,29 +138,13 @@ async def test_keepalive_silence_is_taken_out_of_the_timestamps() -> None:
         async with upstream("elevenlabs", idle_timeout=0.6,
                             keepalive_interval=0.2) as up:
             stream = up.adapter.open_stream(up.model, StreamOptions())
-            await stream.start()
-            events: list[object] = []
-
-            async def collect() -> None:
-                async for event in stream.events():
-                    events.append(event)
-
-            reader = asyncio.create_task(collect())
-            try:
-                for i in range(0, len(AUDIO), 3200):
-                    await stream.send_audio(AUDIO[i:i + 3200])
-                    if pause and i == 10 * 3200:
-                        await asyncio.sleep(1.5)  # past the idle timeout: keepalives go out
-                await stream.close_stream()
-                async with asyncio.timeout(15):
-                    await reader
-            finally:
-                await stream.aclose()
+            events = await run(stream, AUDIO, pause_after=11 if pause else None,
+                               pause=1.5)  # past the idle timeout: keepalives go out
             log = await up.fake.wait_closed()
             if pause:
                 assert log.audio_bytes > len(AUDIO)  # silence was inserted
-        assert final_text(events) == BECKETT_TEXT  # type: ignore[arg-type]
-        return [w.end for f in finals(events) for w in f.words]  # type: ignore[arg-type]
+        assert final_text(events) == BECKETT_TEXT
+        return [w.end for f in finals(events) for w in f.words]
 
     assert await word_ends(True) == pytest.approx(await word_ends(False), abs=0.01)
 

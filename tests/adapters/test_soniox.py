@@ -116,26 +116,11 @@ async def test_finalize_is_answered_by_the_fin_token() -> None:
 async def test_keepalive_holds_a_silent_client_past_the_idle_timeout() -> None:
     async with upstream("soniox", idle_timeout=0.6, keepalive_interval=0.2) as up:
         stream = up.adapter.open_stream(up.model, StreamOptions())
-        await stream.start()
-        events: list[object] = []
-
-        async def collect() -> None:
-            async for event in stream.events():
-                events.append(event)
-
-        reader = asyncio.create_task(collect())
-        try:
-            await stream.send_audio(AUDIO[:32000])
-            await asyncio.sleep(1.5)  # silent for more than twice the idle timeout
-            await stream.send_audio(AUDIO[32000:])
-            await stream.close_stream()
-            async with asyncio.timeout(15):
-                await reader
-        finally:
-            await stream.aclose()
+        # silent for more than twice the idle timeout after 1 s of audio
+        events = await run(stream, AUDIO, pause_after=10, pause=1.5)
         log = await up.fake.wait_closed()
     assert log.types().count("keepalive") >= 3
-    assert final_text(events) == BECKETT_TEXT  # type: ignore[arg-type]
+    assert final_text(events) == BECKETT_TEXT
 
 
 async def test_idle_timeout_without_keepalive_is_a_timeout() -> None:
