@@ -176,17 +176,7 @@ class ElevenLabsStream(KeepaliveStream):
         """The first message is `session_started` or an error (a refused key, a quota)."""
         import json
 
-        from websockets.exceptions import ConnectionClosed
-
-        assert self._ws is not None
-        try:
-            async with asyncio.timeout(self.context.connect_timeout):
-                raw = await self._ws.recv()
-        except ConnectionClosed as exc:
-            raise self._closed_error(exc) from exc
-        except TimeoutError as exc:
-            raise ProviderTimeout("no session_started message", provider=PROVIDER,
-                                  retryable=True) from exc
+        raw = await self._receive_first("session_started")
         try:
             message = json.loads(raw)
         except ValueError as exc:
