@@ -118,7 +118,7 @@ def plain_word(text: str) -> str:
     return _WORD_EDGES.sub("", text).lower() or text.lower()
 
 
-class DeepgramConnection(DenyingFrontend):
+class DeepgramConnection(DenyingFrontend, FrameRelay):
     label = "deepgram"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -180,20 +180,14 @@ class DeepgramConnection(DenyingFrontend):
     async def _run(self, session: Session, events: AsyncIterator[SessionEvent]) -> None:
         await self._supervise(session, self._read(session), self._write(events))
 
-    async def _read(self, session: Session) -> None:
-        while True:
-            frame = await self.read_frame()
-            if isinstance(frame, Disconnect):
-                return
-            if isinstance(frame, Message):
-                await self._control(session, frame)
-            elif not frame:  # Deepgram's older end-of-stream signal
-                await session.close_stream()
-            elif session.input_closed:
-                await self._schema_error("audio after CloseStream is ignored", "")
-            else:
-                self._sha.update(frame)
-                await self._forward(session.send_audio(frame))
+    # An empty frame is Deepgram's older end-of-stream signal (`FrameRelay._read`).
+
+    async def _audio_after_end(self) -> None:
+        await self._schema_error("audio after CloseStream is ignored", "")
+
+    async def _audio(self, session: Session, frame: bytes) -> None:
+        self._sha.update(frame)
+        await super()._audio(session, frame)
 
     async def _control(self, session: Session, message: Message) -> None:
         text = message.text
