@@ -22,7 +22,7 @@ from adapters.base import (
     SttStream,
 )
 from tests.fakes.driver import run
-from tests.fakes.providers import CLOUD, KEYS, adapter_class, upstream
+from tests.fakes.providers import CLOUD, KEYS, adapter_class, stream_through, upstream
 from tests.servers import free_port
 from tests.speech import pcm
 
@@ -57,15 +57,7 @@ FAULTS: list[tuple[str, str, type[ProviderError], object]] = [
 
 
 async def _stream_through(provider: str, fault: str, **kw: object) -> ProviderError:
-    async with upstream(provider, fault=fault, connect_timeout=3, flush_timeout=1.5,
-                        **kw) as up:  # type: ignore[arg-type]
-        audio = pcm("beckett.wav", up.rate)[: 5 * up.rate * 2]
-        stream = up.adapter.open_stream(up.model, StreamOptions(sample_rate=up.rate))
-        with pytest.raises(ProviderError) as err:
-            await run(stream, audio, rate=up.rate, within=30)
-        async with asyncio.timeout(5):
-            await up.sessions_closed()  # a failed stream leaves nothing open upstream
-    return err.value
+    return await stream_through(provider, fault, connect_timeout=3, **kw)
 
 
 @pytest.mark.parametrize(("provider", "fault", "kind", "code"), FAULTS,

@@ -24,7 +24,7 @@ from adapters.base import (
 )
 from adapters.soniox import Segmenter, config_message, error_message, parse_tokens
 from tests.fakes.driver import check_segments, final_text, finals, run
-from tests.fakes.providers import upstream
+from tests.fakes.providers import stream_through, upstream
 from tests.speech import BECKETT_TEXT, pcm
 
 AUDIO = pcm("beckett.wav")
@@ -151,18 +151,13 @@ FAULTS: list[tuple[str, type[ProviderError], object]] = [
 @pytest.mark.parametrize(("fault", "kind", "code"), FAULTS, ids=[f for f, _, _ in FAULTS])
 async def test_faults_map_to_the_error_tree(fault: str, kind: type[ProviderError],
                                             code: object) -> None:
-    async with upstream("soniox", fault=fault, flush_timeout=1.5) as up:
-        stream = up.adapter.open_stream(up.model, StreamOptions())
-        with pytest.raises(ProviderError) as err:
-            await run(stream, AUDIO[: 5 * 32000], within=30)
-        async with asyncio.timeout(5):
-            await up.sessions_closed()
-    assert type(err.value) is kind, repr(err.value)
-    assert err.value.provider == "soniox"
+    error = await stream_through("soniox", fault, seconds=5)
+    assert type(error) is kind, repr(error)
+    assert error.provider == "soniox"
     if code is not None:
-        assert err.value.code == code
+        assert error.code == code
     if kind is ProviderRateLimited:
-        assert err.value.retryable
+        assert error.retryable
 
 
 async def test_the_fake_refuses_what_soniox_refuses() -> None:
