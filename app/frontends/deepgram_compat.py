@@ -33,7 +33,6 @@ from app.session import (
     Session,
     SessionCreated,
     SessionEnded,
-    SessionError,
     SessionEvent,
     SessionWarning,
 )
@@ -223,13 +222,7 @@ class DeepgramConnection(DenyingFrontend, FrameRelay):
             frame = self.render(event)
             if frame is not None:
                 await self._send(json.dumps(frame, ensure_ascii=False))
-            if isinstance(event, SessionError):
-                self.gateway.metrics.session_error(event.error.close_code)
-                await self._send(self.error_frame(event.error) or "")
-                await self._close(event.error.close_code, event.error.reason)
-                return
-            if isinstance(event, SessionEnded):
-                await self._close(1000, "")
+            if await self._ended_by(event):
                 return
 
     # ---- rendering -------------------------------------------------------------------------

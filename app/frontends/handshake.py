@@ -17,6 +17,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from app.errors import GatewayError, to_gateway_error
 from app.frontends.base import WebSocketFrontend
+from app.session import SessionEnded, SessionError, SessionEvent
 
 # uvicorn's websockets-sansio protocol logs "ASGI callable returned without completing
 # handshake." at ERROR after every denial response (it only counts accept and close as an end
@@ -105,6 +106,19 @@ class DenyingFrontend(WebSocketFrontend):
                       headers: list[tuple[bytes, bytes]] | None = None) -> None:
         await self.ws.accept(subprotocol=subprotocol, headers=headers)
         self._accepted = True
+
+    async def _ended_by(self, event: SessionEvent) -> bool:
+        """Whether `event` ends the session; if so, the connection closes (after an error
+        frame and with the error's close code for a `SessionError`)."""
+        if isinstance(event, SessionError):
+            self.gateway.metrics.session_error(event.error.close_code)
+            await self._send(self.error_frame(event.error) or "")
+            await self._close(event.error.close_code, event.error.reason)
+            return True
+        if isinstance(event, SessionEnded):
+            await self._close(1000, "")
+            return True
+        return False
 
     @abstractmethod
     def _denial(self, error: GatewayError) -> tuple[dict[str, object], dict[str, str]]:

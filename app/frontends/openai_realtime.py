@@ -28,7 +28,7 @@ from app.frontends.g711 import decode as g711_decode
 from app.frontends.handshake import DenyingFrontend, openai_subprotocol_key
 from app.frontends.realtime_items import ItemTracker, event_id
 from app.params import SessionRequest, parse_session_params
-from app.session import Session, SessionEnded, SessionError, SessionEvent
+from app.session import Session, SessionError, SessionEvent
 from auth.base import Principal
 
 FORMATS = {"audio/pcm": 24000, "audio/pcmu": 8000, "audio/pcma": 8000}
@@ -217,12 +217,7 @@ class RealtimeConnection(DenyingFrontend):
             if isinstance(event, SessionError):
                 for out in self.items.fail(event.error.code, event.error.message):
                     await self._event(out)
-                self.gateway.metrics.session_error(event.error.close_code)
-                await self._send(self.error_frame(event.error) or "")
-                await self._close(event.error.close_code, event.error.reason)
-                return
-            if isinstance(event, SessionEnded):
-                await self._close(1000, "")
+            if await self._ended_by(event):
                 return
 
     # ---- client events ----------------------------------------------------------------------
