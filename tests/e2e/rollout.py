@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
-from tests.servers import ROOT, free_port, wait_for_port
+from tests.servers import ROOT, free_port, stop_process, wait_for_port
 
 SERVE = "import sys; from app.cli import main; raise SystemExit(main(['serve', *sys.argv[1:]]))"
 
@@ -74,13 +74,8 @@ class GatewayProc:
         self.start()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        if self.process is not None:
+            stop_process(self.process)
         self.log.close()
 
     def stderr(self) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.servers import ROOT, free_port, wait_for_port
+from tests.servers import ROOT, free_port, stop_process, wait_for_port
 
 
 @dataclass
@@ -63,11 +63,5 @@ def logged_gateway(env: dict[str, str] | None = None) -> Iterator[LoggedGateway]
             wait_for_port(port, timeout=90, proc=proc)
             yield gateway
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            stop_process(proc)
             gateway.final_log = gateway.log()
