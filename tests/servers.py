@@ -41,6 +41,20 @@ def wait_for_port(port: int, timeout: float = 30.0,
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
 
 
+class LocalUrls:
+    """`ws_url` and `http_url` of a server listening on 127.0.0.1:`port`."""
+
+    port: int
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
 def stop_process(proc: subprocess.Popen[bytes], within: float = 20) -> None:
     """SIGTERM (a clean shutdown) and wait `within` s for the exit; then SIGKILL."""
     if proc.poll() is None:
