@@ -26,7 +26,14 @@ from adapters.deepgram import (
     parse_results,
 )
 from tests.fakes.deepgram import FakeDeepgram
-from tests.fakes.driver import check_segments, final_text, finalized_after_finals, finals, run
+from tests.fakes.driver import (
+    check_segments,
+    error_of,
+    final_text,
+    finalized_after_finals,
+    finals,
+    run,
+)
 from tests.speech import BECKETT_TEXT, pcm
 
 RESULTS = {
@@ -137,12 +144,9 @@ async def test_silent_stream_without_keepalive_times_out_net_0001() -> None:
     async with FakeDeepgram(idle_timeout=0.5) as fake:
         stream = adapter(fake, keepalive_interval=5.0).open_stream("nova-3", StreamOptions())
         await stream.start()
-        with pytest.raises(ProviderTimeout) as err:
-            async with asyncio.timeout(5):
-                async for _ in stream.events():
-                    pass
+        error = await error_of(stream, ProviderTimeout, within=5)
         await stream.aclose()
-    assert err.value.code == "NET-0001"
+    assert error.code == "NET-0001"
 
 
 async def test_wrong_key_is_an_auth_error() -> None:

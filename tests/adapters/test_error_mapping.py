@@ -21,7 +21,7 @@ from adapters.base import (
     StreamOptions,
     SttStream,
 )
-from tests.fakes.driver import run
+from tests.fakes.driver import error_of, run
 from tests.fakes.providers import CLOUD, KEYS, adapter_class, stream_through, upstream
 from tests.servers import free_port
 from tests.speech import pcm
@@ -260,10 +260,7 @@ async def test_an_unknown_exception_is_a_bug_not_a_provider_error(
     assert any(r.exc_info and r.exc_info[1] is bug for r in caplog.records)
     # Raised in a background task, it ends the stream and comes out of events() unchanged.
     stream._spawn(broken(), "worker")
-    with pytest.raises(type(bug)):
-        async with asyncio.timeout(5):
-            async for _ in stream.events():
-                pass
+    await error_of(stream, type(bug), within=5)
     await stream.aclose()
     gateway = to_gateway_error(bug)
     assert gateway.close_code == 1011 and not gateway.retryable

@@ -23,7 +23,7 @@ from adapters.base import (
     Transcript,
 )
 from adapters.soniox import Segmenter, config_message, error_message, parse_tokens
-from tests.fakes.driver import check_segments, final_text, finals, run
+from tests.fakes.driver import check_segments, error_of, final_text, finals, run
 from tests.fakes.providers import stream_through, upstream
 from tests.speech import BECKETT_TEXT, pcm
 
@@ -128,13 +128,10 @@ async def test_idle_timeout_without_keepalive_is_a_timeout() -> None:
         stream = up.adapter.open_stream(up.model, StreamOptions())
         await stream.start()
         try:
-            with pytest.raises(ProviderTimeout) as err:
-                async with asyncio.timeout(10):
-                    async for _ in stream.events():
-                        pass
+            error = await error_of(stream, ProviderTimeout)
         finally:
             await stream.aclose()
-        assert err.value.code == 408
+        assert error.code == 408
         async with asyncio.timeout(5):
             await up.sessions_closed()
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import TypeVar
+
+import pytest
 
 from adapters.base import Finalized, StreamEvent, SttStream, Transcript
 
@@ -16,6 +19,19 @@ def frames(pcm: bytes, rate: int = 16000, frame_ms: int = 100) -> list[bytes]:
 async def collect(stream: SttStream, into: list[StreamEvent]) -> None:
     async for event in stream.events():
         into.append(event)
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+async def error_of(stream: SttStream, kind: type[E], within: float = 10.0) -> E:
+    """Drain `stream`'s events: the `kind` error that ends them (within `within` s); anything
+    else, a clean end included, fails the test."""
+    with pytest.raises(kind) as err:
+        async with asyncio.timeout(within):
+            async for _ in stream.events():
+                pass
+    return err.value
 
 
 async def run(stream: SttStream, pcm: bytes, *, rate: int = 16000, frame_ms: int = 100,
