@@ -206,6 +206,18 @@ class WebSocketStream(FinalizeBookkeeping, SttStream):
                                         open_within=self.context.connect_timeout)
         self._last_heard = self._last_message = asyncio.get_running_loop().time()
 
+    async def _receive_first(self, what: str) -> str | bytes:
+        """The provider's opening message (`what`, e.g. ``Begin``), within the connect timeout."""
+        assert self._ws is not None
+        try:
+            async with asyncio.timeout(self.context.connect_timeout):
+                return await self._ws.recv()
+        except ConnectionClosed as exc:
+            raise self._closed_error(exc) from exc
+        except TimeoutError as exc:
+            raise ProviderTimeout(f"no {what} message", provider=self.provider,
+                                  retryable=True) from exc
+
     def _start_reader(self) -> None:
         assert self._ws is not None
         self._spawn(self._guarded(self._read_messages(self._ws)), "reader")

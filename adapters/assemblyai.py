@@ -225,16 +225,7 @@ class AssemblyAIStream(WebSocketStream):
         self._sender_task = self._spawn(self._sender(), "sender")
 
     async def _await_begin(self) -> None:
-        from websockets.exceptions import ConnectionClosed
-
-        assert self._ws is not None
-        try:
-            async with asyncio.timeout(self.context.connect_timeout):
-                raw = await self._ws.recv()
-        except ConnectionClosed as exc:
-            raise self._closed_error(exc) from exc
-        except TimeoutError as exc:
-            raise ProviderTimeout("no Begin message", provider=PROVIDER, retryable=True) from exc
+        raw = await self._receive_first("Begin")
         message = json.loads(raw)
         if message.get("type") == "Error":
             raise self._error_message(message)

@@ -8,14 +8,12 @@ speak the documented JSON directly (docs/providers.md).
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-from adapters._ws import WebSocketStream
+from adapters._keepalive import FinalizeMessageStream
 from adapters.base import (
     Adapter,
     AdapterContext,
@@ -236,52 +234,28 @@ def listen_query(model: str, options: StreamOptions) -> list[tuple[str, str]]:
 # ------------------------------------------------------------------------------- stream
 
 
-class DeepgramStream(WebSocketStream):
+class DeepgramStream(FinalizeMessageStream):
     provider = PROVIDER
     # Deepgram itself gives up on a link silent for this long (NET-0001).
     stall_window = IDLE_TIMEOUT
 
+    keepalive_default = KEEPALIVE_INTERVAL
+    _segmenter: Segmenter
+    finalize_message = {"type": "Finalize"}
+
     def __init__(self, model: str, options: StreamOptions, context: AdapterContext) -> None:
         super().__init__(model, options, context)
-        self.keepalive_interval = context.keepalive_interval or KEEPALIVE_INTERVAL
         self._segmenter = Segmenter(options.interim_results)
-        self._last_sent = 0.0
-        self._buffered = False  # audio sent since the last Finalize
 
     async def _start(self) -> None:
         base = (self.context.base_url or "wss://api.deepgram.com").rstrip("/")
         url = f"{base}/v1/listen?{urlencode(listen_query(self.model, self.options))}"
         await self._connect(url, {"Authorization": f"Token {self.context.api_key}"})
-        self._last_sent = time.monotonic()
         self._start_reader()
-        self._spawn(self._keepalive(), "keepalive")
+        self._start_keepalive()
 
-    async def _keepalive(self) -> None:
-        while not self._input_closed:
-            idle = time.monotonic() - self._last_sent
-            if idle >= self.keepalive_interval:
-                await self._send_json({"type": "KeepAlive"})
-                self._last_sent = time.monotonic()
-                idle = 0.0
-            await asyncio.sleep(self.keepalive_interval - idle)
-
-    async def _send_audio(self, pcm: bytes) -> None:
-        if pcm:  # an empty binary frame would end the stream upstream
-            await self._send(pcm)
-            self._last_sent = time.monotonic()
-            self._buffered = True
-
-    async def _finalize(self) -> None:
-        if not self._buffered:
-            for event in self._segmenter.flush():
-                await self._emit(event)
-            self._expect_finalized()
-            await self._finalized()
-            return
-        self._buffered = False
-        self._expect_finalized()
-        await self._send_json({"type": "Finalize"})
-        self._last_sent = time.monotonic()
+    async def _send_keepalive(self) -> None:
+        await self._send_json({"type": "KeepAlive"})
 
     async def _close_stream(self) -> None:
         # CloseStream -> trailing finals -> Metadata -> close 1000
@@ -306,8 +280,7 @@ class DeepgramStream(WebSocketStream):
             if piece.from_finalize:
                 await self._finalized()
         elif kind == "UtteranceEnd":
-            for event in self._segmenter.flush():
-                await self._emit(event)
+            await self._flush_segmenter()
             await self._emit(UtteranceEnd(float(message.get("last_word_end") or 0.0)))
         elif kind == "SpeechStarted":
             await self._emit(SpeechStarted(float(message.get("timestamp") or 0.0)))
@@ -320,8 +293,7 @@ class DeepgramStream(WebSocketStream):
                 code=str(message.get("variant") or message.get("code") or "Error"))
 
     async def _on_upstream_closed(self) -> None:
-        for event in self._segmenter.flush():
-            await self._emit(event)
+        await self._flush_segmenter()
         await self._finalized()
 
     def _close_error(self, code: int, reason: str) -> ProviderError | None:

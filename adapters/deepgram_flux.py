@@ -13,14 +13,12 @@ close code), so the adapter forces the end of the turn with ``ForceEndTurn`` fir
 
 from __future__ import annotations
 
-import asyncio
-import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
+from adapters._keepalive import KeepaliveStream
 from adapters._silence import SilenceClock
-from adapters._ws import WebSocketStream
 from adapters.base import (
     BYTES_PER_SAMPLE,
     AdapterContext,
@@ -118,12 +116,12 @@ def error_message(message: dict[str, Any]) -> ProviderError:
 # ------------------------------------------------------------------------------- stream
 
 
-class FluxStream(WebSocketStream):
+class FluxStream(KeepaliveStream):
     provider = PROVIDER
+    keepalive_default = KEEPALIVE_INTERVAL
 
     def __init__(self, model: str, options: StreamOptions, context: AdapterContext) -> None:
         super().__init__(model, options, context)
-        self.keepalive_interval = context.keepalive_interval or KEEPALIVE_INTERVAL
         self._frame = options.sample_rate * BYTES_PER_SAMPLE * CHUNK_MS // 1000
         self._buffer = bytearray()
         self._clock = SilenceClock()
@@ -133,24 +131,16 @@ class FluxStream(WebSocketStream):
         self._force_at: float | None = None
         self._closing = False
         self._heard_until = 0.0  # provider time Flux has reported on
-        self._last_sent = 0.0
 
     async def _start(self) -> None:
         base = (self.context.base_url or "wss://api.deepgram.com").rstrip("/")
         url = f"{base}/v2/listen?{urlencode(flux_query(self.model, self.options))}"
         await self._connect(url, {"Authorization": f"Token {self.context.api_key}"})
-        self._last_sent = time.monotonic()
         self._start_reader()
-        self._spawn(self._keepalive(), "keepalive")
+        self._start_keepalive()
 
-    async def _keepalive(self) -> None:
-        silence = bytes(self._frame)
-        while not self._input_closed:
-            idle = time.monotonic() - self._last_sent
-            if idle >= self.keepalive_interval:
-                await self._send_frame(silence, inserted=True)
-                idle = 0.0
-            await asyncio.sleep(self.keepalive_interval - idle)
+    async def _send_keepalive(self) -> None:
+        await self._send_frame(bytes(self._frame), inserted=True)
 
     async def _send_audio(self, pcm: bytes) -> None:
         self._buffer += pcm
@@ -162,7 +152,7 @@ class FluxStream(WebSocketStream):
     async def _send_frame(self, frame: bytes, *, inserted: bool = False) -> None:
         await self._send(frame)
         self._clock.advance(len(frame) / (self._frame * 1000 / CHUNK_MS), inserted=inserted)
-        self._last_sent = time.monotonic()
+        self._sent()
         self._buffered = self._buffered or not inserted
 
     async def _flush_buffer(self) -> None:

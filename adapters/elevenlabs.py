@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
-import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+from adapters._keepalive import KeepaliveStream
 from adapters._silence import SilenceClock
-from adapters._ws import FINALIZE_QUIET, WebSocketStream
+from adapters._ws import FINALIZE_QUIET
 from adapters.base import (
     BYTES_PER_SAMPLE,
     Adapter,
@@ -142,12 +142,12 @@ def ws_url(base: str, model: str, options: StreamOptions) -> str:
 # ------------------------------------------------------------------------------- stream
 
 
-class ElevenLabsStream(WebSocketStream):
+class ElevenLabsStream(KeepaliveStream):
     provider = PROVIDER
+    keepalive_default = KEEPALIVE_INTERVAL
 
     def __init__(self, model: str, options: StreamOptions, context: AdapterContext) -> None:
         super().__init__(model, options, context)
-        self.keepalive_interval = context.keepalive_interval or KEEPALIVE_INTERVAL
         self._bytes_per_second = options.sample_rate * BYTES_PER_SAMPLE
         self._clock = SilenceClock()
         self._index = 0
@@ -157,7 +157,6 @@ class ElevenLabsStream(WebSocketStream):
         self._buffered = False  # audio sent since our last commit
         self._committing = False  # a manual commit is waiting for its transcript
         self._closing = False
-        self._last_sent = 0.0
         self._quiet: asyncio.TimerHandle | None = None
 
     async def _start(self) -> None:
@@ -170,25 +169,14 @@ class ElevenLabsStream(WebSocketStream):
         await self._connect(ws_url(base, self.model, self.options),
                             {"xi-api-key": str(self.context.api_key)})
         await self._await_session_started()
-        self._last_sent = time.monotonic()
         self._start_reader()
-        self._spawn(self._keepalive(), "keepalive")
+        self._start_keepalive()
 
     async def _await_session_started(self) -> None:
         """The first message is `session_started` or an error (a refused key, a quota)."""
         import json
 
-        from websockets.exceptions import ConnectionClosed
-
-        assert self._ws is not None
-        try:
-            async with asyncio.timeout(self.context.connect_timeout):
-                raw = await self._ws.recv()
-        except ConnectionClosed as exc:
-            raise self._closed_error(exc) from exc
-        except TimeoutError as exc:
-            raise ProviderTimeout("no session_started message", provider=PROVIDER,
-                                  retryable=True) from exc
+        raw = await self._receive_first("session_started")
         try:
             message = json.loads(raw)
         except ValueError as exc:
@@ -200,14 +188,8 @@ class ElevenLabsStream(WebSocketStream):
         if not isinstance(message, dict) or message.get("message_type") != "session_started":
             raise ProviderProtocolError("expected session_started", provider=PROVIDER)
 
-    async def _keepalive(self) -> None:
-        silence = bytes(self._bytes_per_second * KEEPALIVE_MS // 1000)
-        while not self._input_closed:
-            idle = time.monotonic() - self._last_sent
-            if idle >= self.keepalive_interval:
-                await self._chunk(silence, inserted=True)
-                idle = 0.0
-            await asyncio.sleep(self.keepalive_interval - idle)
+    async def _send_keepalive(self) -> None:
+        await self._chunk(bytes(self._bytes_per_second * KEEPALIVE_MS // 1000), inserted=True)
 
     async def _send_audio(self, pcm: bytes) -> None:
         step = self._bytes_per_second * MAX_CHUNK_MS // 1000
@@ -224,7 +206,7 @@ class ElevenLabsStream(WebSocketStream):
         self._first_chunk = False
         await self._send_json(message)
         self._clock.advance(len(pcm) / self._bytes_per_second, inserted=inserted)
-        self._last_sent = time.monotonic()
+        self._sent()
         self._buffered = self._buffered or (bool(pcm) and not inserted)
 
     async def _commit(self) -> None:

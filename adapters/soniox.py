@@ -11,13 +11,12 @@ back-pressure in our hands (docs/providers.md).
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from adapters._ws import WebSocketStream, http_status_error
+from adapters._keepalive import FinalizeMessageStream
+from adapters._ws import http_status_error
 from adapters.base import (
     Adapter,
     AdapterContext,
@@ -186,53 +185,28 @@ def error_message(message: dict[str, Any]) -> ProviderError:
 # ------------------------------------------------------------------------------- stream
 
 
-class SonioxStream(WebSocketStream):
+class SonioxStream(FinalizeMessageStream):
     provider = PROVIDER
+    keepalive_default = KEEPALIVE_INTERVAL
+    # https://soniox.com/docs/stt/rt/manual-finalization: every token so far turns final,
+    # then a `<fin>` token.
+    _segmenter: Segmenter
+    finalize_message = {"type": "finalize"}
 
     def __init__(self, model: str, options: StreamOptions, context: AdapterContext) -> None:
         super().__init__(model, options, context)
-        self.keepalive_interval = context.keepalive_interval or KEEPALIVE_INTERVAL
         self._segmenter = Segmenter(options.interim_results)
-        self._last_sent = 0.0
-        self._buffered = False  # audio sent since the last finalize
 
     async def _start(self) -> None:
         base = (self.context.base_url or "wss://stt-rt.soniox.com").rstrip("/")
         await self._connect(f"{base}/transcribe-websocket",
                             {"Authorization": f"Bearer {self.context.api_key}"})
         await self._send_json(config_message(self.model, self.options))
-        self._last_sent = time.monotonic()
         self._start_reader()
-        self._spawn(self._keepalive(), "keepalive")
+        self._start_keepalive()
 
-    async def _keepalive(self) -> None:
-        while not self._input_closed:
-            idle = time.monotonic() - self._last_sent
-            if idle >= self.keepalive_interval:
-                await self._send_json({"type": "keepalive"})
-                self._last_sent = time.monotonic()
-                idle = 0.0
-            await asyncio.sleep(self.keepalive_interval - idle)
-
-    async def _send_audio(self, pcm: bytes) -> None:
-        if pcm:  # an empty frame means end of audio to Soniox
-            await self._send(pcm)
-            self._last_sent = time.monotonic()
-            self._buffered = True
-
-    async def _finalize(self) -> None:
-        # https://soniox.com/docs/stt/rt/manual-finalization: every token so far turns final,
-        # then a `<fin>` token.
-        if not self._buffered:
-            for event in self._segmenter.flush():
-                await self._emit(event)
-            self._expect_finalized()
-            await self._finalized()
-            return
-        self._buffered = False
-        self._expect_finalized()
-        await self._send_json({"type": "finalize"})
-        self._last_sent = time.monotonic()
+    async def _send_keepalive(self) -> None:
+        await self._send_json({"type": "keepalive"})
 
     async def _close_stream(self) -> None:
         # An empty frame ends the audio: the remaining finals, then `finished: true`, then close.
@@ -255,8 +229,7 @@ class SonioxStream(WebSocketStream):
                 await self._emit(ProviderUsage(int(message["total_audio_proc_ms"]) / 1000))
 
     async def _release(self) -> None:
-        for event in self._segmenter.flush():
-            await self._emit(event)
+        await self._flush_segmenter()
         await self._finalized()
 
     async def _on_upstream_closed(self) -> None:

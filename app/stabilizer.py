@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 
 from adapters.base import Transcript
+from adapters.local.agreement import common_prefix
 
 _EDGES = re.compile(r"^[^\w']+|[^\w']+$")
 
@@ -22,15 +23,6 @@ _EDGES = re.compile(r"^[^\w']+|[^\w']+$")
 def norm(word: str) -> str:
     """A word's identity for agreement: lower case, no surrounding punctuation."""
     return _EDGES.sub("", word).lower()
-
-
-def _common_prefix(a: list[str], b: list[str]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if norm(x) != norm(y):
-            break
-        n += 1
-    return n
 
 
 class Stabilizer:
@@ -56,10 +48,10 @@ class Stabilizer:
         history = [*self._history[-(self.agree - 1):], words] if self.agree > 1 else [words]
         n = len(words) - self.hold_back
         for older in history[:-1]:
-            n = min(n, _common_prefix(older, words))
+            n = min(n, common_prefix(older, words, norm))
         if len(history) < self.agree:
             n = min(n, len(self.released))
-        if _common_prefix(self.released, words) < len(self.released):
+        if common_prefix(self.released, words, norm) < len(self.released):
             return len(self.released)  # the hypothesis disagrees with released words: wait
         return max(n, len(self.released))
 

@@ -41,6 +41,31 @@ def wait_for_port(port: int, timeout: float = 30.0,
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
 
 
+class LocalUrls:
+    """`ws_url` and `http_url` of a server listening on 127.0.0.1:`port`."""
+
+    port: int
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def stop_process(proc: subprocess.Popen[bytes], within: float = 20) -> None:
+    """SIGTERM (a clean shutdown) and wait `within` s for the exit; then SIGKILL."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(within)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 @dataclass
 class RedisServer:
     port: int
@@ -52,13 +77,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process, 10)
 
     def restart(self) -> None:
         """Stop and start again on the same port (data is not persisted)."""
@@ -163,13 +182,7 @@ def gateway_process(env: dict[str, str] | None = None,
         wait_for_port(port, timeout=90, proc=proc)
         yield proc, port
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc)
         if proc.stderr:
             proc.stderr.close()
 

@@ -14,6 +14,7 @@ agree; the committed text keeps the spelling of the hypothesis that first commit
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 _STRIP = re.compile(r"[^\w']+")
@@ -24,11 +25,12 @@ def normalize_word(word: str) -> str:
     return _STRIP.sub("", word.lower())
 
 
-def common_prefix(a: list[str], b: list[str]) -> int:
-    """Length of the longest common prefix of two word lists (normalised comparison)."""
+def common_prefix(a: list[str], b: list[str],
+                  key: Callable[[str], str] = normalize_word) -> int:
+    """Length of the longest common prefix of two word lists (words compared by `key`)."""
     n = 0
     for x, y in zip(a, b, strict=False):
-        if normalize_word(x) != normalize_word(y):
+        if key(x) != key(y):
             break
         n += 1
     return n

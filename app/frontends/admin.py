@@ -32,6 +32,7 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def error_response(error: GatewayError) -> JSONResponse:
+    """The JSON error of the HTTP endpoints (admin and batch), with Retry-After if known."""
     headers = {}
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(error.retry_after)))

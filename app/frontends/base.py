@@ -224,6 +224,41 @@ class WebSocketFrontend(ABC):
             await stop_tasks(tasks)
 
 
+class FrameRelay(WebSocketFrontend):
+    """A protocol of binary audio frames and JSON control messages (native, xrx, Deepgram):
+    `_read` relays them until the client leaves; an empty frame ends the audio."""
+
+    # Whether the reader stops at the client's end of audio (nothing it sends later counts).
+    reads_after_end = True
+
+    async def _read(self, session: Session) -> None:
+        while True:
+            frame = await self.read_frame()
+            if isinstance(frame, Disconnect):
+                return
+            if isinstance(frame, Message):
+                await self._control(session, frame)
+            elif not frame:
+                await session.close_stream()
+                if not self.reads_after_end:
+                    return
+            elif session.input_closed:
+                await self._audio_after_end()
+            else:
+                await self._audio(session, frame)
+
+    @abstractmethod
+    async def _control(self, session: Session, message: Message) -> None:
+        """One text frame of the client."""
+
+    @abstractmethod
+    async def _audio_after_end(self) -> None:
+        """Audio after the client's end of audio: not forwarded (tell the client, or not)."""
+
+    async def _audio(self, session: Session, frame: bytes) -> None:
+        await self._forward(session.send_audio(frame))
+
+
 def websocket_route(path: str, frontend: type[WebSocketFrontend]) -> WebSocketRoute:
     """The route serving `frontend` at `path`, with the app's gateway."""
     async def endpoint(websocket: WebSocket) -> None:

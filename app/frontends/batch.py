@@ -24,6 +24,7 @@ from adapters import base as ab
 from app.audio import BYTES_PER_SAMPLE, DecodedChunk, decode_audio
 from app.credentials import key_from_request
 from app.errors import GatewayError, to_gateway_error
+from app.frontends.admin import error_response
 from app.frontends.wire import word_json
 from app.gateway import Gateway
 from app.logs import session_context
@@ -40,14 +41,6 @@ DECODE_RATE = 16000
 PCM_TYPES = ("audio/pcm", "audio/l16", "audio/raw", "audio/x-raw")
 DECLARED_MARGIN = 1.1  # a declared length is trusted to within 10 % (estimates)
 MAX_PARAM_CHARS = 16  # a header parameter value longer than this is refused, not parsed
-
-
-def error_response(error: GatewayError) -> JSONResponse:
-    headers = {}
-    if error.retry_after is not None:
-        headers["Retry-After"] = str(max(1, round(error.retry_after)))
-    return JSONResponse({"error": {"code": error.code, "message": error.message}},
-                        status_code=error.http_status, headers=headers)
 
 
 def _bad_param(name: str, why: str) -> GatewayError:

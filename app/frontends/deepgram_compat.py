@@ -21,20 +21,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from starlette.datastructures import QueryParams
-from starlette.websockets import WebSocketDisconnect
 
 from adapters import base as ab
 from app.credentials import key_from_request
-from app.errors import GatewayError, to_gateway_error
-from app.frontends.base import Disconnect, Message, WebSocketFrontend
-from app.frontends.handshake import deepgram_subprotocol_key, deny
+from app.errors import GatewayError
+from app.frontends.base import FrameRelay, Message
+from app.frontends.handshake import DenyingFrontend, deepgram_subprotocol_key
 from app.params import parse_bool, parse_list, parse_session_params
 from app.session import (
     ProviderSwitched,
     Session,
     SessionCreated,
     SessionEnded,
-    SessionError,
     SessionEvent,
     SessionWarning,
 )
@@ -119,7 +117,7 @@ def plain_word(text: str) -> str:
     return _WORD_EDGES.sub("", text).lower() or text.lower()
 
 
-class DeepgramConnection(WebSocketFrontend):
+class DeepgramConnection(DenyingFrontend, FrameRelay):
     label = "deepgram"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -135,38 +133,25 @@ class DeepgramConnection(WebSocketFrontend):
         self._duration = 0.0
         self._sha = hashlib.sha256()
 
-    async def serve(self) -> None:
+    async def _serve(self) -> None:
         """Refusals before the session exists are HTTP statuses on the handshake."""
-        accepted = False
-        try:
-            params, self.features, self.ignored = translate_query(
-                self.ws.query_params, self.gateway.settings.default_model)
-            request = parse_session_params(params,
-                                           default_model=self.gateway.settings.default_model)
-            secret, protocol = deepgram_subprotocol_key(self.ws)
-            secret = key_from_request(self.ws.headers, self.ws.query_params) or secret
-            principal = await self.gateway.authenticate(secret, self.client_host)
-            async with self._open_session(request, principal) as session:
-                events = session.events()
-                created = await anext(events)
-                await self.ws.accept(subprotocol=protocol, headers=self._headers(created))
-                accepted = True
-                await self._run(session, events)
-        except WebSocketDisconnect:
-            return
-        except Exception as exc:
-            error = to_gateway_error(exc)
-            if accepted:
-                await self._fail(error)
-            else:
-                self.gateway.metrics.session_error(error.close_code)
-                await deny(self.ws, error,
-                           {"err_code": error.code.upper(), "err_msg": error.message,
-                            "request_id": self.request_id},
-                           {"dg-error": error.reason, "dg-request-id": self.request_id})
+        params, self.features, self.ignored = translate_query(
+            self.ws.query_params, self.gateway.settings.default_model)
+        request = parse_session_params(params,
+                                       default_model=self.gateway.settings.default_model)
+        secret, protocol = deepgram_subprotocol_key(self.ws)
+        secret = key_from_request(self.ws.headers, self.ws.query_params) or secret
+        principal = await self.gateway.authenticate(secret, self.client_host)
+        async with self._open_session(request, principal) as session:
+            events = session.events()
+            created = await anext(events)
+            await self._accept(protocol, self._headers(created))
+            await self._run(session, events)
 
-    async def _serve(self) -> None:  # pragma: no cover - `serve` is overridden
-        raise NotImplementedError
+    def _denial(self, error: GatewayError) -> tuple[dict[str, object], dict[str, str]]:
+        return ({"err_code": error.code.upper(), "err_msg": error.message,
+                 "request_id": self.request_id},
+                {"dg-error": error.reason, "dg-request-id": self.request_id})
 
     def _headers(self, created: SessionEvent) -> list[tuple[bytes, bytes]]:
         headers = [(b"dg-request-id", self.request_id.encode())]
@@ -194,20 +179,14 @@ class DeepgramConnection(WebSocketFrontend):
     async def _run(self, session: Session, events: AsyncIterator[SessionEvent]) -> None:
         await self._supervise(session, self._read(session), self._write(events))
 
-    async def _read(self, session: Session) -> None:
-        while True:
-            frame = await self.read_frame()
-            if isinstance(frame, Disconnect):
-                return
-            if isinstance(frame, Message):
-                await self._control(session, frame)
-            elif not frame:  # Deepgram's older end-of-stream signal
-                await session.close_stream()
-            elif session.input_closed:
-                await self._schema_error("audio after CloseStream is ignored", "")
-            else:
-                self._sha.update(frame)
-                await self._forward(session.send_audio(frame))
+    # An empty frame is Deepgram's older end-of-stream signal (`FrameRelay._read`).
+
+    async def _audio_after_end(self) -> None:
+        await self._schema_error("audio after CloseStream is ignored", "")
+
+    async def _audio(self, session: Session, frame: bytes) -> None:
+        self._sha.update(frame)
+        await super()._audio(session, frame)
 
     async def _control(self, session: Session, message: Message) -> None:
         text = message.text
@@ -243,13 +222,7 @@ class DeepgramConnection(WebSocketFrontend):
             frame = self.render(event)
             if frame is not None:
                 await self._send(json.dumps(frame, ensure_ascii=False))
-            if isinstance(event, SessionError):
-                self.gateway.metrics.session_error(event.error.close_code)
-                await self._send(self.error_frame(event.error) or "")
-                await self._close(event.error.close_code, event.error.reason)
-                return
-            if isinstance(event, SessionEnded):
-                await self._close(1000, "")
+            if await self._ended_by(event):
                 return
 
     # ---- rendering -------------------------------------------------------------------------

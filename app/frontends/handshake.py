@@ -9,11 +9,15 @@ import contextlib
 import contextvars
 import json
 import logging
+from abc import abstractmethod
+from typing import Any
 
 from starlette.responses import Response
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from app.errors import GatewayError
+from app.errors import GatewayError, to_gateway_error
+from app.frontends.base import WebSocketFrontend
+from app.session import SessionEnded, SessionError, SessionEvent
 
 # uvicorn's websockets-sansio protocol logs "ASGI callable returned without completing
 # handshake." at ERROR after every denial response (it only counts accept and close as an end
@@ -75,3 +79,47 @@ async def deny(ws: WebSocket, error: GatewayError, body: dict[str, object],
         return
     with contextlib.suppress(OSError, RuntimeError):
         await ws.close(error.close_code, error.reason)
+
+
+class DenyingFrontend(WebSocketFrontend):
+    """A front-end whose refusals before `_accept` are HTTP statuses on the handshake (`deny`,
+    with the body and headers of `_denial`); after it, closes naming the cause as usual."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._accepted = False
+
+    async def serve(self) -> None:
+        try:
+            await self._serve()
+        except WebSocketDisconnect:
+            return
+        except Exception as exc:
+            error = to_gateway_error(exc)
+            if self._accepted:
+                await self._fail(error)
+            else:
+                self.gateway.metrics.session_error(error.close_code)
+                await deny(self.ws, error, *self._denial(error))
+
+    async def _accept(self, subprotocol: str | None,
+                      headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        await self.ws.accept(subprotocol=subprotocol, headers=headers)
+        self._accepted = True
+
+    async def _ended_by(self, event: SessionEvent) -> bool:
+        """Whether `event` ends the session; if so, the connection closes (after an error
+        frame and with the error's close code for a `SessionError`)."""
+        if isinstance(event, SessionError):
+            self.gateway.metrics.session_error(event.error.close_code)
+            await self._send(self.error_frame(event.error) or "")
+            await self._close(event.error.close_code, event.error.reason)
+            return True
+        if isinstance(event, SessionEnded):
+            await self._close(1000, "")
+            return True
+        return False
+
+    @abstractmethod
+    def _denial(self, error: GatewayError) -> tuple[dict[str, object], dict[str, str]]:
+        """The provider's error body and headers for a refused handshake."""

@@ -11,7 +11,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from app.credentials import key_from_request
 from app.errors import GatewayError
-from app.frontends.base import Disconnect, Message, WebSocketFrontend
+from app.frontends.base import Disconnect, FrameRelay, Message
 from app.frontends.wire import WireFormatter
 from app.gateway import Gateway
 from app.params import OUTPUT_FORMATS, parse_session_params
@@ -20,7 +20,7 @@ from app.session import Session, SessionEnded, SessionError, SessionEvent
 logger = logging.getLogger(__name__)
 
 
-class NativeConnection(WebSocketFrontend):
+class NativeConnection(FrameRelay):
     def __init__(self, websocket: WebSocket, gateway: Gateway) -> None:
         super().__init__(websocket, gateway)
         fmt = websocket.query_params.get("output_format", "text")
@@ -69,19 +69,8 @@ class NativeConnection(WebSocketFrontend):
         await self._deliver(await anext(events))
         await self._supervise(session, self._read(session), self._write(events))
 
-    async def _read(self, session: Session) -> None:
-        while True:
-            frame = await self.read_frame()
-            if isinstance(frame, Disconnect):
-                return
-            if isinstance(frame, Message):
-                await self._control(session, frame)
-            elif not frame:
-                await session.close_stream()
-            elif session.input_closed:
-                await self._error("invalid_message", "audio after close_stream is ignored")
-            else:
-                await self._forward(session.send_audio(frame))
+    async def _audio_after_end(self) -> None:
+        await self._error("invalid_message", "audio after close_stream is ignored")
 
     async def _control(self, session: Session, message: Message) -> None:
         if message.error is not None:

@@ -21,16 +21,14 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.websockets import WebSocketDisconnect
-
 from app.credentials import key_from_request
 from app.errors import GatewayError, to_gateway_error
-from app.frontends.base import Disconnect, WebSocketFrontend
+from app.frontends.base import Disconnect
 from app.frontends.g711 import decode as g711_decode
-from app.frontends.handshake import deny, openai_subprotocol_key
+from app.frontends.handshake import DenyingFrontend, openai_subprotocol_key
 from app.frontends.realtime_items import ItemTracker, event_id
 from app.params import SessionRequest, parse_session_params
-from app.session import Session, SessionEnded, SessionError, SessionEvent
+from app.session import Session, SessionError, SessionEvent
 from auth.base import Principal
 
 FORMATS = {"audio/pcm": 24000, "audio/pcmu": 8000, "audio/pcma": 8000}
@@ -81,7 +79,7 @@ def beta_to_ga(session: Any) -> Any:
             **({"include": session["include"]} if "include" in session else {})}
 
 
-class RealtimeConnection(WebSocketFrontend):
+class RealtimeConnection(DenyingFrontend):
     label = "openai-realtime"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -110,36 +108,24 @@ class RealtimeConnection(WebSocketFrontend):
 
     # ---- handshake --------------------------------------------------------------------------
 
-    async def serve(self) -> None:
-        accepted = False
-        try:
-            intent = self.ws.query_params.get("intent")
-            if intent not in (None, "transcription"):
-                raise GatewayError(4400, f"invalid parameter intent: only intent=transcription "
-                                         f"is served here, got {intent[:30]!r}")
-            secret, protocol = openai_subprotocol_key(self.ws)
-            secret = key_from_request(self.ws.headers, self.ws.query_params) or secret
-            principal = await self.gateway.authenticate(secret, self.client_host)
-            await self.ws.accept(subprotocol=protocol)
-            accepted = True
-            await self._event({"type": "session.created", "event_id": event_id(),
-                               "session": self.config})
-            await self._run(principal)
-        except WebSocketDisconnect:
-            return
-        except Exception as exc:
-            error = to_gateway_error(exc)
-            if accepted:
-                await self._fail(error)
-            else:
-                self.gateway.metrics.session_error(error.close_code)
-                await deny(self.ws, error, {"error": {
-                    "message": error.message, "type": "invalid_request_error",
-                    "code": "invalid_api_key" if error.close_code == 4401 else error.code,
-                    "param": None}}, {})
+    async def _serve(self) -> None:
+        intent = self.ws.query_params.get("intent")
+        if intent not in (None, "transcription"):
+            raise GatewayError(4400, f"invalid parameter intent: only intent=transcription "
+                                     f"is served here, got {intent[:30]!r}")
+        secret, protocol = openai_subprotocol_key(self.ws)
+        secret = key_from_request(self.ws.headers, self.ws.query_params) or secret
+        principal = await self.gateway.authenticate(secret, self.client_host)
+        await self._accept(protocol)
+        await self._event({"type": "session.created", "event_id": event_id(),
+                           "session": self.config})
+        await self._run(principal)
 
-    async def _serve(self) -> None:  # pragma: no cover - `serve` is overridden
-        raise NotImplementedError
+    def _denial(self, error: GatewayError) -> tuple[dict[str, object], dict[str, str]]:
+        return {"error": {
+            "message": error.message, "type": "invalid_request_error",
+            "code": "invalid_api_key" if error.close_code == 4401 else error.code,
+            "param": None}}, {}
 
     def error_frame(self, error: GatewayError) -> str | None:
         kind = "server_error" if error.close_code in (1011, 4502, 4503, 4504) \
@@ -231,12 +217,7 @@ class RealtimeConnection(WebSocketFrontend):
             if isinstance(event, SessionError):
                 for out in self.items.fail(event.error.code, event.error.message):
                     await self._event(out)
-                self.gateway.metrics.session_error(event.error.close_code)
-                await self._send(self.error_frame(event.error) or "")
-                await self._close(event.error.close_code, event.error.reason)
-                return
-            if isinstance(event, SessionEnded):
-                await self._close(1000, "")
+            if await self._ended_by(event):
                 return
 
     # ---- client events ----------------------------------------------------------------------

@@ -30,7 +30,7 @@ from starlette.websockets import WebSocket
 from adapters import base as ab
 from app.credentials import key_from_request
 from app.errors import GatewayError, to_gateway_error
-from app.frontends.base import Disconnect, Message, WebSocketFrontend
+from app.frontends.base import FrameRelay, Message
 from app.gateway import Gateway
 from app.params import parse_session_params
 from app.session import Session, SessionEnded, SessionError
@@ -93,8 +93,9 @@ async def anonymous_principal(gateway: Gateway) -> Principal:
     return principal
 
 
-class XrxConnection(WebSocketFrontend):
+class XrxConnection(FrameRelay):
     label = "xrx"
+    reads_after_end = False
 
     def __init__(self, websocket: WebSocket, gateway: Gateway) -> None:
         super().__init__(websocket, gateway)
@@ -125,24 +126,15 @@ class XrxConnection(WebSocketFrontend):
         helpers = [self._keepalive(session)] if self.mode != "stream" else []
         await self._supervise(session, self._read(session), self._write(session), *helpers)
 
-    async def _read(self, session: Session) -> None:
-        while True:
-            frame = await self.read_frame()
-            if isinstance(frame, Disconnect):
-                return
-            if isinstance(frame, Message):
-                await self._control(session, frame)
-                continue
-            if not frame:
-                await session.close_stream()
-                return
-            if session.input_closed:
-                continue
-            if self.mode == "auto":
-                self.mode = detect_mode(len(frame), session.request.options.sample_rate)
-            await self._forward(session.send_audio(frame))
-            if self.mode == "utterance":
-                await session.finalize()  # one frame is one utterance: transcribe it now
+    async def _audio_after_end(self) -> None:
+        pass  # xrx clients get no error events
+
+    async def _audio(self, session: Session, frame: bytes) -> None:
+        if self.mode == "auto":
+            self.mode = detect_mode(len(frame), session.request.options.sample_rate)
+        await super()._audio(session, frame)
+        if self.mode == "utterance":
+            await session.finalize()  # one frame is one utterance: transcribe it now
 
     async def _control(self, session: Session, message: Message) -> None:
         """xrx sends only audio; native control messages are accepted as an extension."""

@@ -26,7 +26,14 @@ from adapters.deepgram import (
     parse_results,
 )
 from tests.fakes.deepgram import FakeDeepgram
-from tests.fakes.driver import check_segments, final_text, finalized_after_finals, finals, run
+from tests.fakes.driver import (
+    check_segments,
+    error_of,
+    final_text,
+    finalized_after_finals,
+    finals,
+    run,
+)
 from tests.speech import BECKETT_TEXT, pcm
 
 RESULTS = {
@@ -122,21 +129,8 @@ async def test_keepalive_holds_a_silent_stream_open() -> None:
     audio = pcm("beckett.wav")
     async with FakeDeepgram(idle_timeout=1.0) as fake:
         stream = adapter(fake, keepalive_interval=0.3).open_stream("nova-3", StreamOptions())
-        await stream.start()
-        events: list[object] = []
-
-        async def consume() -> None:
-            async for e in stream.events():
-                events.append(e)
-
-        reader = asyncio.create_task(consume())
-        await stream.send_audio(audio[:32000])
-        await asyncio.sleep(2.5)  # the client is silent for 2.5 idle windows
-        for i in range(32000, len(audio), 3200):
-            await stream.send_audio(audio[i:i + 3200])
-        await stream.close_stream()
-        await asyncio.wait_for(reader, 10)
-        await stream.aclose()
+        # the client is silent for 2.5 idle windows after 1 s of audio
+        await run(stream, audio, pause_after=10, pause=2.5)
         log = await fake.wait_closed()
     keepalives = [t for m, t in zip(log.messages, log.message_times, strict=True)
                   if m["type"] == "KeepAlive"]
@@ -150,12 +144,9 @@ async def test_silent_stream_without_keepalive_times_out_net_0001() -> None:
     async with FakeDeepgram(idle_timeout=0.5) as fake:
         stream = adapter(fake, keepalive_interval=5.0).open_stream("nova-3", StreamOptions())
         await stream.start()
-        with pytest.raises(ProviderTimeout) as err:
-            async with asyncio.timeout(5):
-                async for _ in stream.events():
-                    pass
+        error = await error_of(stream, ProviderTimeout, within=5)
         await stream.aclose()
-    assert err.value.code == "NET-0001"
+    assert error.code == "NET-0001"
 
 
 async def test_wrong_key_is_an_auth_error() -> None:

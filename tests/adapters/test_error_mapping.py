@@ -21,8 +21,8 @@ from adapters.base import (
     StreamOptions,
     SttStream,
 )
-from tests.fakes.driver import run
-from tests.fakes.providers import CLOUD, KEYS, adapter_class, upstream
+from tests.fakes.driver import error_of, run
+from tests.fakes.providers import CLOUD, KEYS, adapter_class, stream_through, upstream
 from tests.servers import free_port
 from tests.speech import pcm
 
@@ -57,15 +57,7 @@ FAULTS: list[tuple[str, str, type[ProviderError], object]] = [
 
 
 async def _stream_through(provider: str, fault: str, **kw: object) -> ProviderError:
-    async with upstream(provider, fault=fault, connect_timeout=3, flush_timeout=1.5,
-                        **kw) as up:  # type: ignore[arg-type]
-        audio = pcm("beckett.wav", up.rate)[: 5 * up.rate * 2]
-        stream = up.adapter.open_stream(up.model, StreamOptions(sample_rate=up.rate))
-        with pytest.raises(ProviderError) as err:
-            await run(stream, audio, rate=up.rate, within=30)
-        async with asyncio.timeout(5):
-            await up.sessions_closed()  # a failed stream leaves nothing open upstream
-    return err.value
+    return await stream_through(provider, fault, connect_timeout=3, **kw)
 
 
 @pytest.mark.parametrize(("provider", "fault", "kind", "code"), FAULTS,
@@ -268,10 +260,7 @@ async def test_an_unknown_exception_is_a_bug_not_a_provider_error(
     assert any(r.exc_info and r.exc_info[1] is bug for r in caplog.records)
     # Raised in a background task, it ends the stream and comes out of events() unchanged.
     stream._spawn(broken(), "worker")
-    with pytest.raises(type(bug)):
-        async with asyncio.timeout(5):
-            async for _ in stream.events():
-                pass
+    await error_of(stream, type(bug), within=5)
     await stream.aclose()
     gateway = to_gateway_error(bug)
     assert gateway.close_code == 1011 and not gateway.retryable

@@ -28,7 +28,7 @@ from adapters.base import (
 from adapters.deepgram_flux import flux_query, parse_turn_info
 from tests.adapters import test_contract as contract
 from tests.fakes.driver import check_segments, final_text, finals, run
-from tests.fakes.providers import upstream
+from tests.fakes.providers import stream_through, upstream
 from tests.speech import BECKETT_TEXT, pcm
 
 AUDIO = pcm("beckett.wav")
@@ -135,27 +135,11 @@ async def test_keepalive_silence_is_taken_out_of_the_timestamps() -> None:
         async with upstream("deepgram", model="flux-general-en", idle_timeout=0.6,
                             keepalive_interval=0.2) as up:
             stream = up.adapter.open_stream(up.model, StreamOptions())
-            await stream.start()
-            events: list[object] = []
-
-            async def collect() -> None:
-                async for event in stream.events():
-                    events.append(event)
-
-            reader = asyncio.create_task(collect())
-            try:
-                for i in range(0, len(AUDIO), 3200):
-                    await stream.send_audio(AUDIO[i:i + 3200])
-                    if pause and i == 8 * 3200:
-                        await asyncio.sleep(1.5)  # past the idle timeout
-                await stream.close_stream()
-                async with asyncio.timeout(15):
-                    await reader
-            finally:
-                await stream.aclose()
+            events = await run(stream, AUDIO, pause_after=9 if pause else None,
+                               pause=1.5)  # past the idle timeout
             await up.fake.wait_closed()
-        assert final_text(events) == BECKETT_TEXT  # type: ignore[arg-type]
-        return [w.end for f in finals(events) for w in f.words]  # type: ignore[arg-type]
+        assert final_text(events) == BECKETT_TEXT
+        return [w.end for f in finals(events) for w in f.words]
 
     assert await word_ends(True) == pytest.approx(await word_ends(False), abs=0.01)
 
@@ -174,17 +158,11 @@ FAULTS: list[tuple[str, type[ProviderError], object]] = [
 @pytest.mark.parametrize(("fault", "kind", "code"), FAULTS, ids=[f for f, _, _ in FAULTS])
 async def test_faults_map_to_the_error_tree(fault: str, kind: type[ProviderError],
                                             code: object) -> None:
-    async with upstream("deepgram", model="flux-general-en", fault=fault,
-                        flush_timeout=1.5) as up:
-        stream = up.adapter.open_stream(up.model, StreamOptions())
-        with pytest.raises(ProviderError) as err:
-            await run(stream, AUDIO[: 45 * 3200], within=30)
-        async with asyncio.timeout(5):
-            await up.sessions_closed()
-    assert type(err.value) is kind, repr(err.value)
-    assert err.value.provider == "deepgram"
+    error = await stream_through("deepgram", fault, model="flux-general-en", seconds=4.5)
+    assert type(error) is kind, repr(error)
+    assert error.provider == "deepgram"
     if code is not None:
-        assert err.value.code == code
+        assert error.code == code
 
 
 async def test_wrong_key_fails_the_start() -> None:

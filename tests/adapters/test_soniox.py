@@ -23,8 +23,8 @@ from adapters.base import (
     Transcript,
 )
 from adapters.soniox import Segmenter, config_message, error_message, parse_tokens
-from tests.fakes.driver import check_segments, final_text, finals, run
-from tests.fakes.providers import upstream
+from tests.fakes.driver import check_segments, error_of, final_text, finals, run
+from tests.fakes.providers import stream_through, upstream
 from tests.speech import BECKETT_TEXT, pcm
 
 AUDIO = pcm("beckett.wav")
@@ -116,26 +116,11 @@ async def test_finalize_is_answered_by_the_fin_token() -> None:
 async def test_keepalive_holds_a_silent_client_past_the_idle_timeout() -> None:
     async with upstream("soniox", idle_timeout=0.6, keepalive_interval=0.2) as up:
         stream = up.adapter.open_stream(up.model, StreamOptions())
-        await stream.start()
-        events: list[object] = []
-
-        async def collect() -> None:
-            async for event in stream.events():
-                events.append(event)
-
-        reader = asyncio.create_task(collect())
-        try:
-            await stream.send_audio(AUDIO[:32000])
-            await asyncio.sleep(1.5)  # silent for more than twice the idle timeout
-            await stream.send_audio(AUDIO[32000:])
-            await stream.close_stream()
-            async with asyncio.timeout(15):
-                await reader
-        finally:
-            await stream.aclose()
+        # silent for more than twice the idle timeout after 1 s of audio
+        events = await run(stream, AUDIO, pause_after=10, pause=1.5)
         log = await up.fake.wait_closed()
     assert log.types().count("keepalive") >= 3
-    assert final_text(events) == BECKETT_TEXT  # type: ignore[arg-type]
+    assert final_text(events) == BECKETT_TEXT
 
 
 async def test_idle_timeout_without_keepalive_is_a_timeout() -> None:
@@ -143,13 +128,10 @@ async def test_idle_timeout_without_keepalive_is_a_timeout() -> None:
         stream = up.adapter.open_stream(up.model, StreamOptions())
         await stream.start()
         try:
-            with pytest.raises(ProviderTimeout) as err:
-                async with asyncio.timeout(10):
-                    async for _ in stream.events():
-                        pass
+            error = await error_of(stream, ProviderTimeout)
         finally:
             await stream.aclose()
-        assert err.value.code == 408
+        assert error.code == 408
         async with asyncio.timeout(5):
             await up.sessions_closed()
 
@@ -166,18 +148,13 @@ FAULTS: list[tuple[str, type[ProviderError], object]] = [
 @pytest.mark.parametrize(("fault", "kind", "code"), FAULTS, ids=[f for f, _, _ in FAULTS])
 async def test_faults_map_to_the_error_tree(fault: str, kind: type[ProviderError],
                                             code: object) -> None:
-    async with upstream("soniox", fault=fault, flush_timeout=1.5) as up:
-        stream = up.adapter.open_stream(up.model, StreamOptions())
-        with pytest.raises(ProviderError) as err:
-            await run(stream, AUDIO[: 5 * 32000], within=30)
-        async with asyncio.timeout(5):
-            await up.sessions_closed()
-    assert type(err.value) is kind, repr(err.value)
-    assert err.value.provider == "soniox"
+    error = await stream_through("soniox", fault, seconds=5)
+    assert type(error) is kind, repr(error)
+    assert error.provider == "soniox"
     if code is not None:
-        assert err.value.code == code
+        assert error.code == code
     if kind is ProviderRateLimited:
-        assert err.value.retryable
+        assert error.retryable
 
 
 async def test_the_fake_refuses_what_soniox_refuses() -> None:

@@ -40,6 +40,16 @@ async def no_sessions_left(gw: Gateway) -> None:
     await sessions_gone(gw, within=10.0)
 
 
+async def refused_handshake(url: str, authorization: str) -> Any:
+    """The HTTP response refusing a WebSocket handshake to `url` (fails if it is accepted)."""
+    import websockets
+
+    with pytest.raises(websockets.InvalidStatus) as info:
+        async with websockets.connect(url, additional_headers={"Authorization": authorization}):
+            pass
+    return info.value.response
+
+
 async def read_until_closed(ws: Any) -> list[Any]:
     """Every JSON message until the server closes (whatever the close code)."""
     import json

@@ -16,7 +16,7 @@ from deepgram import AsyncDeepgramClient
 from deepgram.core.api_error import ApiError
 from deepgram.environment import DeepgramClientEnvironment
 
-from tests.compat.conftest import no_sessions_left, read_until_closed
+from tests.compat.conftest import no_sessions_left, read_until_closed, refused_handshake
 from tests.servers import Gateway
 from tests.speech import BECKETT_TEXT, pcm, wer
 
@@ -116,11 +116,7 @@ async def test_wrong_key_is_refused_on_the_handshake(compat_gateway: Gateway) ->
 
 async def test_bad_option_is_a_400_naming_it(compat_gateway: Gateway) -> None:
     url = f"{compat_gateway.ws_url}/v1/listen?model=nova-3&encoding=mulaw&sample_rate=8000"
-    with pytest.raises(websockets.InvalidStatus) as info:
-        async with websockets.connect(url, additional_headers={
-                "Authorization": f"Token {compat_gateway.dev_key}"}):
-            pass
-    response = info.value.response
+    response = await refused_handshake(url, f"Token {compat_gateway.dev_key}")
     assert response.status_code == 400
     assert "encoding" in response.headers["dg-error"]
 
@@ -166,11 +162,7 @@ async def test_unconfigured_provider_is_a_503_naming_the_variable(gateway: Gatew
     """The plain gateway has no Deepgram credentials: the handshake says which variable to
     set, once ("deepgram is not configured", not "deepgram deepgram ...")."""
     url = f"{gateway.ws_url}/v1/listen?model=nova-3&encoding=linear16&sample_rate=16000"
-    with pytest.raises(websockets.InvalidStatus) as info:
-        async with websockets.connect(url, additional_headers={
-                "Authorization": f"Token {gateway.dev_key}"}):
-            pass
-    response = info.value.response
+    response = await refused_handshake(url, f"Token {gateway.dev_key}")
     assert response.status_code == 503
     assert response.headers["dg-error"] == "deepgram is not configured: set DEEPGRAM_API_KEY"
     assert json.loads(response.body or b"{}")["err_msg"] == response.headers["dg-error"]

@@ -12,13 +12,12 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
-import pytest
 import websockets
 from openai import AsyncOpenAI
 
 from app.frontends.g711 import ULAW
 from app.frontends.g711 import decode as g711_decode
-from tests.compat.conftest import no_sessions_left, read_until_closed
+from tests.compat.conftest import no_sessions_left, read_until_closed, refused_handshake
 from tests.servers import Gateway
 from tests.speech import BECKETT_TEXT, normalize, pcm, wer
 
@@ -170,12 +169,9 @@ async def test_errors_are_error_events_and_the_session_goes_on(compat_gateway: G
 
 async def test_wrong_key_refused_and_browser_subprotocols(compat_gateway: Gateway) -> None:
     url = f"{compat_gateway.ws_url}/v1/realtime?intent=transcription"
-    with pytest.raises(websockets.InvalidStatus) as info:
-        async with websockets.connect(url, additional_headers={
-                "Authorization": "Bearer sg_wrong"}):
-            pass
-    assert info.value.response.status_code == 401
-    body = json.loads(info.value.response.body or b"{}")
+    response = await refused_handshake(url, "Bearer sg_wrong")
+    assert response.status_code == 401
+    body = json.loads(response.body or b"{}")
     assert body["error"]["code"] == "invalid_api_key"
     async with websockets.connect(url, subprotocols=[  # type: ignore[list-item]
             "realtime", f"openai-insecure-api-key.{compat_gateway.dev_key}"]) as ws:

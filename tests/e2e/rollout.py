@@ -19,27 +19,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
-from tests.servers import ROOT, free_port, wait_for_port
+from tests.servers import ROOT, LocalUrls, free_port, stop_process, wait_for_port
 
 SERVE = "import sys; from app.cli import main; raise SystemExit(main(['serve', *sys.argv[1:]]))"
 
 
 @dataclass
-class GatewayProc:
+class GatewayProc(LocalUrls):
     env: dict[str, str]
     port: int = field(default_factory=free_port)
     args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
     log: IO[bytes] = field(default_factory=lambda: tempfile.TemporaryFile())  # noqa: SIM115
     starts: int = 0
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def start(self, wait: bool = True) -> None:
         env = {**os.environ, "SPEECHGATE_HOST": "127.0.0.1", "SPEECHGATE_PORT": str(self.port),
@@ -74,13 +66,8 @@ class GatewayProc:
         self.start()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        if self.process is not None:
+            stop_process(self.process)
         self.log.close()
 
     def stderr(self) -> str:
@@ -129,18 +116,10 @@ http {{
 
 
 @dataclass
-class Nginx:
+class Nginx(LocalUrls):
     port: int
     process: subprocess.Popen[bytes]
     directory: str
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def log(self) -> str:
         with open(f"{self.directory}/error.log", errors="replace") as f:

@@ -144,6 +144,25 @@ async def test_client_whose_audio_we_are_still_forwarding_is_not_idle(
         await sessions_gone(gw)
 
 
+async def _socketio_session(gw: Gateway, client: Any, closed: asyncio.Future[Any],
+                            audio: bytes, frame: int, *, within: float) -> Any:
+    """Over `client` (Socket.IO): start a session, send `audio` in `frame`-byte audio-chunk
+    events, stop it, and return what `closed` receives (within `within` s)."""
+    await client.connect(gw.http_url, socketio_path="/api/stt-realtime-socket",
+                         headers={"x-api-key": gw.dev_key}, transports=["websocket"])
+    try:
+        await client.emit("start-session", {"sampleRate": 16000})
+        for i in range(0, len(audio), frame):
+            await client.emit("audio-chunk", {
+                "audio_base_64": base64.b64encode(audio[i:i + frame]).decode(),
+                "sample_rate": 16000})
+        await client.emit("stop-session")
+        async with asyncio.timeout(within):
+            return await closed
+    finally:
+        await client.disconnect()
+
+
 async def test_socketio_client_paused_is_not_closed_by_engineio_ping(
         assemblyai: Upstream) -> None:
     """The same over Socket.IO: engine.io pings in-band, and the pong waits behind the
@@ -157,19 +176,8 @@ async def test_socketio_client_paused_is_not_closed_by_engineio_ping(
     client.on("disconnect", lambda *_: closed.done() or closed.set_result("disconnected"))
     with running_gateway(default_model=MODEL, ws_ping_interval=1.0, ws_ping_timeout=1.0,
                          **assemblyai.settings()) as gw:
-        await client.connect(gw.http_url, socketio_path="/api/stt-realtime-socket",
-                             headers={"x-api-key": gw.dev_key}, transports=["websocket"])
-        try:
-            await client.emit("start-session", {"sampleRate": 16000})
-            for i in range(0, len(audio), 3200):  # as fast as the gateway reads
-                await client.emit("audio-chunk", {
-                    "audio_base_64": base64.b64encode(audio[i:i + 3200]).decode(),
-                    "sample_rate": 16000})
-            await client.emit("stop-session")
-            async with asyncio.timeout(120):
-                result = await closed
-        finally:
-            await client.disconnect()
+        # audio chunks as fast as the gateway reads
+        result = await _socketio_session(gw, client, closed, audio, 3200, within=120)
         await sessions_gone(gw)
     assert result == {"code": 1000, "reason": "session ended"}
 
@@ -185,18 +193,6 @@ async def test_socketio_client_whose_audio_we_are_forwarding_is_not_idle(
     frame = 3 * 32000
     with running_gateway(default_model=MODEL, idle_timeout=1.0,
                          **assemblyai.settings()) as gw:
-        await client.connect(gw.http_url, socketio_path="/api/stt-realtime-socket",
-                             headers={"x-api-key": gw.dev_key}, transports=["websocket"])
-        try:
-            await client.emit("start-session", {"sampleRate": 16000})
-            for i in range(0, len(BECKETT), frame):
-                await client.emit("audio-chunk", {
-                    "audio_base_64": base64.b64encode(BECKETT[i:i + frame]).decode(),
-                    "sample_rate": 16000})
-            await client.emit("stop-session")
-            async with asyncio.timeout(60):
-                result = await closed
-        finally:
-            await client.disconnect()
+        result = await _socketio_session(gw, client, closed, BECKETT, frame, within=60)
         await sessions_gone(gw)
     assert result == {"code": 1000, "reason": "session ended"}

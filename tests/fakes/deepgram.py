@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Container
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
@@ -69,15 +70,21 @@ class FakeDeepgram(WsFake):
         parts = urlsplit(request.path)
         if parts.path != "/v1/listen":
             return http_error(404, "Not Found")
+        return self.refuse(request, parse_qs(parts.query), MODELS,
+                           "No such model/language/tier combination")
+
+    def refuse(self, request: Request, query: dict[str, list[str]], models: Container[str],
+               unknown_model: str) -> Response | None:
+        """What /v1/listen and /v2/listen both refuse: a wrong key, the handshake faults, a
+        model not in `models` (`unknown_model` says so), an encoding without sample rate."""
         if request.headers.get("Authorization") != f"Token {self.api_key}":
             return http_error(401, "", {"dg-error": "Invalid credentials."})
         if self.fault == "rate_limit":
             return http_error(429, "", {"dg-error": "Too many requests", "Retry-After": "2"})
         if self.fault == "server_error":
             return http_error(503, "", {"dg-error": "Service unavailable"})
-        query = parse_qs(parts.query)
-        if query.get("model", ["?"])[0] not in MODELS:
-            return http_error(400, "", {"dg-error": "No such model/language/tier combination"})
+        if query.get("model", ["?"])[0] not in models:
+            return http_error(400, "", {"dg-error": unknown_model})
         if "encoding" in query and "sample_rate" not in query:
             return http_error(400, "", {"dg-error": "sample_rate is required with encoding"})
         return None

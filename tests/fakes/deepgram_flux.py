@@ -50,17 +50,10 @@ class FakeDeepgramFlux(FakeDeepgram):
         parts = urlsplit(request.path)
         if parts.path != "/v2/listen":
             return super().judge(request)
-        if request.headers.get("Authorization") != f"Token {self.api_key}":
-            return http_error(401, "", {"dg-error": "Invalid credentials."})
-        if self.fault == "rate_limit":
-            return http_error(429, "", {"dg-error": "Too many requests", "Retry-After": "2"})
-        if self.fault == "server_error":
-            return http_error(503, "", {"dg-error": "Service unavailable"})
         query = parse_qs(parts.query)
-        if query.get("model", ["?"])[0] not in FLUX_MODELS:
-            return http_error(400, "", {"dg-error": "Flux needs a flux-* model"})
-        if "encoding" in query and "sample_rate" not in query:
-            return http_error(400, "", {"dg-error": "sample_rate is required with encoding"})
+        refused = self.refuse(request, query, FLUX_MODELS, "Flux needs a flux-* model")
+        if refused is not None:
+            return refused
         unknown = V1_ONLY & set(query)
         if unknown:
             return http_error(400, "", {"dg-error": f"unknown parameter {sorted(unknown)[0]}"})

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import TypeVar
+
+import pytest
 
 from adapters.base import Finalized, StreamEvent, SttStream, Transcript
 
@@ -18,13 +21,28 @@ async def collect(stream: SttStream, into: list[StreamEvent]) -> None:
         into.append(event)
 
 
+E = TypeVar("E", bound=BaseException)
+
+
+async def error_of(stream: SttStream, kind: type[E], within: float = 10.0) -> E:
+    """Drain `stream`'s events: the `kind` error that ends them (within `within` s); anything
+    else, a clean end included, fails the test."""
+    with pytest.raises(kind) as err:
+        async with asyncio.timeout(within):
+            async for _ in stream.events():
+                pass
+    return err.value
+
+
 async def run(stream: SttStream, pcm: bytes, *, rate: int = 16000, frame_ms: int = 100,
               realtime: bool = False, finalize_after: int | None = None,
+              pause_after: int | None = None, pause: float = 0.0,
               within: float = 60.0) -> list[StreamEvent]:
     """Start, send `pcm` in frames (optionally at real-time pace), close, collect all events.
 
-    `finalize_after`: call `finalize()` after that many frames. Raises the `ProviderError`
-    that ended the stream, if any.
+    `finalize_after`: call `finalize()` after that many frames. `pause_after`: the client is
+    silent for `pause` seconds after that many frames. Raises the `ProviderError` that ended
+    the stream, if any.
     """
     events: list[StreamEvent] = []
     reader: asyncio.Task[None] | None = None
@@ -40,6 +58,8 @@ async def run(stream: SttStream, pcm: bytes, *, rate: int = 16000, frame_ms: int
                 await stream.send_audio(frame)
                 if finalize_after is not None and i + 1 == finalize_after:
                     await stream.finalize()
+                if pause_after is not None and i + 1 == pause_after:
+                    await asyncio.sleep(pause)
                 if reader.done():
                     break
             if not reader.done():

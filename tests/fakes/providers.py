@@ -6,13 +6,18 @@ benchmark: ``async with upstream("deepgram", fault="drop") as up: up.adapter.ope
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.base import Adapter, AdapterContext
+import pytest
+
+from adapters.base import Adapter, AdapterContext, ProviderError, StreamOptions
+from tests.fakes.driver import run
 from tests.fakes.proxy import FaultProxy
+from tests.speech import pcm
 
 # provider -> (default model, PCM rate of that model)
 CLOUD: dict[str, tuple[str, int]] = {
@@ -131,3 +136,17 @@ async def upstream(provider: str, *, api_key: str | None = None, model: str | No
             yield Upstream(provider, model, rate, fake, url, KEYS[provider], adapter, faults)
         finally:
             await adapter.aclose()
+
+
+async def stream_through(provider: str, fault: str, *, seconds: float = 5.0,
+                         flush_timeout: float = 1.5, **kw: Any) -> ProviderError:
+    """Stream the first `seconds` of speech through `provider`'s fake with `fault` injected:
+    the error that ended the stream, once the fake holds no session open any more."""
+    async with upstream(provider, fault=fault, flush_timeout=flush_timeout, **kw) as up:
+        audio = pcm("beckett.wav", up.rate)[: int(seconds * up.rate) * 2]
+        stream = up.adapter.open_stream(up.model, StreamOptions(sample_rate=up.rate))
+        with pytest.raises(ProviderError) as err:
+            await run(stream, audio, rate=up.rate, within=30)
+        async with asyncio.timeout(5):
+            await up.sessions_closed()  # a failed stream leaves nothing open upstream
+    return err.value

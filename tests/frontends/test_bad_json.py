@@ -40,16 +40,21 @@ async def _messages_until_close(ws: Any) -> list[Any]:
     return out
 
 
+async def _closed_4400(ws: Any, text: str, cause: str) -> list[Any]:
+    """Send `text`: the server closes 4400 naming `cause`; the JSON messages it sent first."""
+    await ws.send(text)
+    frames = await _messages_until_close(ws)
+    assert ws.close_code == 4400 and cause in ws.close_reason, ws.close_reason
+    return [json.loads(f) for f in frames]
+
+
 @pytest.mark.parametrize("kind", list(BAD))
 async def test_native_auth_message_4400_naming_the_cause(gateway: Gateway, logs: LogRecords,
                                                         kind: str) -> None:
     text, cause = BAD[kind]
     url = f"{gateway.ws_url}/v1/transcribe?output_format=verbose_json"
     async with websockets.connect(url) as ws:
-        await ws.send(text)
-        frames = await _messages_until_close(ws)
-    assert ws.close_code == 4400 and cause in ws.close_reason, ws.close_reason
-    errors = [json.loads(f) for f in frames]
+        errors = await _closed_4400(ws, text, cause)
     assert errors and errors[-1]["type"] == "error" and cause in errors[-1]["message"]
 
 
@@ -74,10 +79,7 @@ async def test_native_session_error_event_then_goes_on(gateway: Gateway, logs: L
 async def test_prosa_token_message_4400(gateway: Gateway, logs: LogRecords, kind: str) -> None:
     text, cause = BAD[kind]
     async with websockets.connect(f"{gateway.ws_url}/v2/speech/stt") as ws:
-        await ws.send(text)
-        frames = await _messages_until_close(ws)
-    assert ws.close_code == 4400 and cause in ws.close_reason, ws.close_reason
-    error = json.loads(frames[-1])
+        error = (await _closed_4400(ws, text, cause))[-1]
     assert error["type"] == "error" and cause in error["message"]
 
 
@@ -87,10 +89,8 @@ async def test_prosa_bad_text_after_configuration_is_4400(gateway: Gateway,
                                   additional_headers={"x-api-key": gateway.dev_key}) as ws:
         await ws.send(json.dumps({"model": "stt-general-online"}))
         assert json.loads(await asyncio.wait_for(ws.recv(), 15))["type"] == "created"
-        await ws.send(DEEP)
-        frames = await _messages_until_close(ws)
-    assert ws.close_code == 4400 and "nested deeper" in ws.close_reason
-    assert json.loads(frames[-1])["type"] == "error"
+        errors = await _closed_4400(ws, DEEP, "nested deeper")
+    assert errors[-1]["type"] == "error"
 
 
 @pytest.mark.parametrize("kind", list(BAD))

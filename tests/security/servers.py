@@ -15,24 +15,16 @@ from pathlib import Path
 
 import psutil
 
-from tests.servers import ROOT, free_port, wait_for_port
+from tests.servers import ROOT, LocalUrls, free_port, stop_process, wait_for_port
 
 
 @dataclass
-class LoggedGateway:
+class LoggedGateway(LocalUrls):
     port: int
     dev_key: str
     process: subprocess.Popen[bytes]
     log_path: Path
     final_log: str | None = None  # kept once the process has stopped
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
 
     def log(self) -> str:
         """Everything the process wrote so far (stdout and stderr, interleaved)."""
@@ -63,11 +55,5 @@ def logged_gateway(env: dict[str, str] | None = None) -> Iterator[LoggedGateway]
             wait_for_port(port, timeout=90, proc=proc)
             yield gateway
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            stop_process(proc)
             gateway.final_log = gateway.log()
