@@ -90,7 +90,8 @@ def _errors_mapped(handler: Endpoint) -> Endpoint:
 
 
 async def _require_admin(request: Request) -> None:
-    """Bearer admin token, compared in constant time; failures count like bad keys, and an
+    """Bearer admin token, compared in constant time. Wrong tokens are counted per address
+    (apart from bad API keys: a client guessing keys does not lock the operator out), and an
     address over the limit is refused before its token is even looked at."""
     configured = request.app.state.gateway.settings.admin_token
     if configured is None:
@@ -98,6 +99,8 @@ async def _require_admin(request: Request) -> None:
                            code="admin_disabled")
     access = _access(request)
     client = _client(request)
+    if client:
+        client = f"admin:{client}"
     if client and access.failed_auth_per_minute > 0:
         failures, remaining = await access.backend.auth_failures(client)
         if failures >= access.failed_auth_per_minute:
