@@ -313,17 +313,18 @@ class _Run:
         async with contextlib.aclosing(frames):
             async for raw in frames:
                 event: Event = json.loads(raw)
+                kind = event.get("type")
+                if kind == "error" and event.get("code") == "invalid_message":
+                    # We send only audio and one close_stream: this is our audio arriving after
+                    # the server began to drain (even after its fatal error, whose close waits
+                    # for the session to end). It is replayed if the close says "try again".
+                    self.deferred.append(event)
+                    continue
                 if self.held_error is not None:  # it was not fatal after all: deliver it
                     rendered = self.timeline.render(self.held_error)
                     self.held_error = None
                     if rendered is not None:
                         yield rendered
-                kind = event.get("type")
-                if kind == "error" and event.get("code") == "invalid_message":
-                    # We send only audio and one close_stream: this is our audio arriving after
-                    # the server began to drain. It is replayed if the close says "try again".
-                    self.deferred.append(event)
-                    continue
                 if kind == "error":
                     self.held_error = event  # fatal or not: the next message or the close tells
                     continue
