@@ -9,13 +9,13 @@ and returns, and a message that fails its strict validation kills its read task 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlencode
 
+from adapters._tasks import cancel_and_wait
 from adapters._ws import WebSocketStream
 from adapters.base import (
     BYTES_PER_SAMPLE,
@@ -262,9 +262,7 @@ class AssemblyAIStream(WebSocketStream):
         """An early exit: no more paced audio, `Terminate` goes out at once."""
         task = self._sender_task
         if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            await cancel_and_wait([task], expected=(Exception,))
 
     def _segment_open(self) -> bool:
         return self._tracker.turn_open

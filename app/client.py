@@ -24,6 +24,7 @@ import httpx
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from adapters._tasks import cancel_and_wait
 from app.audio import decode_audio
 from app.resume import RETRY_CLOSE_CODES, ReconnectPolicy, ReplayBuffer, Timeline
 
@@ -230,11 +231,8 @@ class _Run:
                 yield c
 
     async def aclose(self) -> None:
-        if self.pending is not None and not self.pending.done():
-            self.pending.cancel()
-            with contextlib.suppress(BaseException):
-                await self.pending
-        with contextlib.suppress(BaseException):
+        await cancel_and_wait([self.pending], expected=(Exception,))
+        with contextlib.suppress(Exception):
             await self.source.aclose()  # type: ignore[attr-defined]
 
     async def _next_chunk(self) -> bytes | None:
@@ -287,9 +285,7 @@ class _Run:
         except ConnectionClosed:
             pass
         finally:
-            sender.cancel()
-            with contextlib.suppress(BaseException):
-                await sender
+            await cancel_and_wait([sender], expected=(Exception,))
 
     async def plain(self, ws: Any, output_format: str) -> AsyncGenerator[Event, None]:
         """No resuming: the server's frames as they come, in the requested format."""

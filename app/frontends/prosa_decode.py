@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import threading
 from collections.abc import Callable, Coroutine
@@ -256,8 +255,9 @@ class StreamDecoder:
     async def aclose(self) -> None:
         if isinstance(self._path, _ContainerPath):
             self._path.abort()
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(asyncio.shield(self._path.done), 5)
+            # Waits for the decoder thread to stop (bounded) without raising its outcome, so
+            # our own cancellation still propagates.
+            await asyncio.wait({self._path.done}, timeout=5)
 
     def _choose(self, final: bool) -> bool:
         """Pick the decoding path once enough of the first bytes are here."""
