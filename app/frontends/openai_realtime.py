@@ -42,6 +42,9 @@ def _dumps(obj: dict[str, Any]) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
+MAX_PENDING_COMMITS = 32
+
+
 class ClientError(Exception):
     """A recoverable error: an ``error`` event, and the session goes on."""
 
@@ -230,6 +233,13 @@ class RealtimeConnection(DenyingFrontend):
                          else session)
             await self._event({"type": "session.updated", "event_id": event_id(),
                                "session": self.config})
+        elif kind in ("input_audio_buffer.commit", "input_audio_buffer.clear") \
+                and len(self.items.pending) >= MAX_PENDING_COMMITS:
+            # Each waits for its finalize: a client committing faster than the provider
+            # answers is told, not queued without bound.
+            raise ClientError("too_many_pending_commits",
+                              f"{MAX_PENDING_COMMITS} commits are still being transcribed; "
+                              "wait for their completed events")
         elif kind == "input_audio_buffer.commit":
             if self._buffered < MIN_COMMIT_SECONDS:
                 raise ClientError("input_audio_buffer_commit_empty",
