@@ -16,13 +16,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import shutil
 import signal
 import socket
 import sys
 import tempfile
-import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
@@ -186,7 +186,8 @@ class Supervisor:
                     if process.pid is not None:
                         worker_exited(process.pid)
                     self.processes[index] = self._spawn(index)
-            time.sleep(0.2)
+            # Until a worker exits (its sentinel), or 0.2 s for a signal to be looked at.
+            multiprocessing.connection.wait([p.sentinel for p in self.processes], timeout=0.2)
         for process in self.processes:
             process.join(5)
         if self.respawns > MAX_RESPAWNS:
