@@ -19,8 +19,8 @@ from adapters.base import (
     ProviderTimeout,
     ProviderUnavailable,
     StreamOptions,
-    SttStream,
 )
+from tests.adapters.test_stream_events import ScriptedStream
 from tests.fakes.driver import error_of, run
 from tests.fakes.providers import CLOUD, KEYS, adapter_class, stream_through, upstream
 from tests.servers import free_port
@@ -250,7 +250,7 @@ async def test_an_unknown_exception_is_a_bug_not_a_provider_error(
     from app.errors import to_gateway_error
 
     assert map_transport_exception(bug, "x") is None
-    stream = _Bare("m", StreamOptions(sample_rate=16000))
+    stream = ScriptedStream("m", StreamOptions(sample_rate=16000))
 
     async def broken() -> None:
         raise bug
@@ -264,27 +264,6 @@ async def test_an_unknown_exception_is_a_bug_not_a_provider_error(
     await stream.aclose()
     gateway = to_gateway_error(bug)
     assert gateway.close_code == 1011 and not gateway.retryable
-
-
-class _Bare(SttStream):
-    """A stream with no upstream, to run the error boundary of the base class."""
-
-    provider = "bare"
-
-    async def _start(self) -> None:
-        pass
-
-    async def _send_audio(self, pcm: bytes) -> None:
-        pass
-
-    async def _finalize(self) -> None:
-        pass
-
-    async def _close_stream(self) -> None:
-        self._finish()
-
-    async def _shutdown(self) -> None:
-        pass
 
 
 def test_provider_messages_not_raw_json() -> None:
