@@ -1,18 +1,24 @@
 """Finalize acknowledgements for the streaming adapters (a mixin of `WebSocketStream`).
 
-Deepgram and OpenAI answer a finalize themselves (`from_finalize`, the commit's transcript):
-they call `_finalized()`. AssemblyAI (ForceEndpoint) and Gladia (injected silence) never do,
-so the answer is tied to the audio position of the request: `_finalize_sent(position)` once it
-is on the wire, `_final_reached(end)` for every transcript; the final that ends within
-`FORCED_FINAL_SLACK` of the point, with no segment open after it, answers it. When nothing was
-pending there, `FINALIZE_SETTLE` s without a transcript since the request went out answers it.
-Every finalize is bounded by ``flush_timeout`` s *without progress*; then a
-`finalize_timeout` warning precedes the `Finalized`.
+Deepgram and Soniox answer each finalize themselves (a ``from_finalize`` result, a ``<fin>``
+token), in order: each answer is `_finalize_answered()`, which acknowledges the oldest request
+still waiting (with the requests made after it while nothing was pending upstream,
+`_free_finalize`), never a later one whose audio the provider has not reached yet. OpenAI
+answers every commit with its transcript and calls `_finalized()` once none is outstanding.
+
+AssemblyAI (ForceEndpoint) and Gladia (injected silence) never answer a finalize, so the
+answer is tied to the audio position of the request: `_finalize_sent(position)` once it is on
+the wire, `_final_reached(end)` for every transcript; the final that ends within
+`FORCED_FINAL_SLACK` of the point, with no segment open after it, answers it (and every
+earlier one). When nothing was pending there, `FINALIZE_SETTLE` s without a transcript since
+the request went out answers it. Every finalize is bounded by ``flush_timeout`` s *without
+progress*; then a `finalize_timeout` warning precedes the `Finalized`.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +49,9 @@ class FinalizeBookkeeping:
 
     def _init_finalizes(self) -> None:
         self._finalizes = 0  # finalize() calls still waiting for their Finalized
+        # The same calls in order, grouped: a request the provider answers, then the requests
+        # made after it with nothing pending upstream (answered with it).
+        self._finalize_groups: deque[int] = deque()
         self._finalize_timer: asyncio.TimerHandle | None = None
         self._settle_timer: asyncio.TimerHandle | None = None
         self._finalize_point: float | None = None  # audio position of the newest finalize
@@ -54,6 +63,7 @@ class FinalizeBookkeeping:
         `delay`: for an adapter that knows nothing may be pending upstream, answer after this
         many seconds at the latest (``quiet``: without the warning)."""
         self._finalizes += 1
+        self._finalize_groups.append(1)
         if delay is None:
             self._arm_finalize_timer()
             return
@@ -116,6 +126,30 @@ class FinalizeBookkeeping:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _free_finalize(self) -> None:
+        """A finalize with nothing pending upstream: answered now, or with the earlier request
+        it follows (its `Finalized` must not overtake that request's finals)."""
+        if self._finalize_groups:
+            self._finalize_groups[-1] += 1
+            self._finalizes += 1
+            return
+        await self._emit(Finalized())
+
+    async def _finalize_answered(self) -> None:
+        """The provider answered its oldest pending finalize: acknowledge that request (and the
+        free ones made after it), not the later ones still on their way."""
+        if not self._finalize_groups:
+            return  # an answer to a finalize already acknowledged (timed out, or released)
+        count = self._finalize_groups.popleft()
+        self._finalizes -= count
+        if self._finalize_groups:
+            self._arm_finalize_timer()  # the next request waits for its own answer
+        else:
+            self._finalize_point = None
+            self._cancel_finalize_timers()
+        for _ in range(count):
+            await self._emit(Finalized())
+
     async def _finalized(self) -> None:
         """The provider answered every pending finalize: emit the acknowledgements."""
         if self._finalizes:
@@ -123,6 +157,7 @@ class FinalizeBookkeeping:
 
     async def _release_finalizes(self, *, timed_out: bool) -> None:
         count, self._finalizes = self._finalizes, 0
+        self._finalize_groups.clear()
         self._finalize_point = None
         self._cancel_finalize_timers()
         if timed_out and count:

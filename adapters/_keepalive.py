@@ -73,7 +73,7 @@ class FinalizeMessageStream(KeepaliveStream):
     async def _send_audio(self, pcm: bytes) -> None:
         if pcm:  # an empty binary frame would end the stream upstream
             await self._send(pcm)
-            self._sent()
+            self._last_sent = time.monotonic()  # `_sent`, inlined (the relay's hot path)
             self._buffered = True
 
     async def _flush_segmenter(self) -> None:
@@ -83,8 +83,7 @@ class FinalizeMessageStream(KeepaliveStream):
     async def _finalize(self) -> None:
         if not self._buffered:
             await self._flush_segmenter()
-            self._expect_finalized()
-            await self._finalized()
+            await self._free_finalize()
             return
         self._buffered = False
         self._expect_finalized()

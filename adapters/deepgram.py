@@ -277,8 +277,8 @@ class DeepgramStream(FinalizeMessageStream):
             piece = parse_results(message)
             for event in self._segmenter.feed(piece):
                 await self._emit(event)
-            if piece.from_finalize:
-                await self._finalized()
+            if piece.from_finalize:  # the answer to one Finalize, in order
+                await self._finalize_answered()
         elif kind == "UtteranceEnd":
             await self._flush_segmenter()
             await self._emit(UtteranceEnd(float(message.get("last_word_end") or 0.0)))

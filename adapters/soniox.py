@@ -221,8 +221,8 @@ class SonioxStream(FinalizeMessageStream):
         events, fin = self._segmenter.feed(parse_tokens(message))
         for event in events:
             await self._emit(event)
-        if fin:
-            await self._finalized()
+        if fin:  # the answer to one finalize, in order
+            await self._finalize_answered()
         if message.get("finished"):
             await self._release()
             if message.get("total_audio_proc_ms") is not None:

@@ -6,10 +6,12 @@ point must be in a final that precedes the `Finalized`."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from adapters.base import Finalized, StreamEvent, StreamOptions, Transcript
-from tests.fakes.driver import check_segments, final_text, run
+from tests.fakes.driver import check_segments, collect, final_text, frames, run
 from tests.fakes.providers import upstream
 from tests.fakes.recognizer import Recognizer
 from tests.speech import pcm
@@ -61,3 +63,38 @@ async def test_gladia_finalize_while_an_utterance_is_ending(k: int) -> None:
         events = await run(stream, CLIP, finalize_after=k, realtime=True)
     check_order(events, k / 10)
     assert final_text(events) == CLIP_TEXT
+
+
+@pytest.mark.parametrize(("provider", "fake_kw"), [("deepgram", {"speed": 2.0}),
+                                                    ("soniox", {})])
+async def test_each_finalize_answer_acknowledges_only_its_own_request(
+        provider: str, fake_kw: dict[str, float]) -> None:
+    """Deepgram and Soniox answer each finalize in turn (``from_finalize``, ``<fin>``). Six
+    finalizes sent faster than the provider works through the audio: the k-th `Finalized`
+    follows the finals of everything sent before the k-th request, not only the first's."""
+    pieces = 6
+    size = len(CLIP) // pieces // 2 * 2
+    async with upstream(provider, text=CLIP_TEXT, speech_seconds=3.0, **fake_kw) as up:
+        stream = up.adapter.open_stream(up.model, StreamOptions())
+        events: list[StreamEvent] = []
+        async with asyncio.timeout(30):
+            await stream.start()
+            reader = asyncio.create_task(collect(stream, events))
+            try:
+                for i in range(pieces):
+                    for frame in frames(CLIP[i * size:(i + 1) * size], 16000, 100):
+                        await stream.send_audio(frame)
+                    await stream.finalize()
+                await stream.close_stream()
+                await reader
+            finally:
+                reader.cancel()
+                await stream.aclose()
+    acks = [i for i, e in enumerate(events) if isinstance(e, Finalized)]
+    assert len(acks) == pieces, events
+    for k, index in enumerate(acks, start=1):
+        before = [e for e in events[:index] if isinstance(e, Transcript) and e.is_final]
+        words = sum(len(t.text.split()) for t in before)
+        assert words >= words_heard_by(k * size / 32000), (k, [t.text for t in before])
+    assert final_text(events) == CLIP_TEXT
+    check_segments(events)
