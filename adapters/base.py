@@ -155,6 +155,16 @@ StreamEvent = (SpeechStarted | Transcript | UtteranceEnd | Finalized | ProviderU
 _END = object()
 
 
+def event_of(item: object) -> StreamEvent | None:
+    """What an item of a stream's event queue (`SttStream._events`) means: the event; None
+    for the end of the stream; raises the error that ended it."""
+    if item is _END:
+        return None
+    if isinstance(item, Exception):
+        raise item
+    return item  # type: ignore[return-value]
+
+
 class SttStream(ABC):
     """One live transcription stream. Async context manager; `aclose` is idempotent.
 
@@ -189,7 +199,15 @@ class SttStream(ABC):
         """Forward PCM (s16le mono at ``options.sample_rate``); awaits when upstream is slow."""
         if self._input_closed or self._closed:
             raise ProviderProtocolError("audio after end of stream", provider=self.provider)
-        await self._guard(self._send_audio(pcm))
+        try:  # `_guard`, inlined: this is the relay's hot path
+            await self._send_audio(pcm)
+        except (ProviderError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - this is the mapping boundary
+            mapped = self._mapped(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
 
     async def finalize(self) -> None:
         """Turn everything sent so far into finals, then emit `Finalized`."""
@@ -205,12 +223,10 @@ class SttStream(ABC):
     async def events(self) -> AsyncIterator[StreamEvent]:
         """Normalized events until the stream ends; raises the `ProviderError` that ended it."""
         while True:
-            item = await self._events.get()
-            if item is _END:
+            event = event_of(await self._events.get())
+            if event is None:
                 return
-            if isinstance(item, Exception):
-                raise item
-            yield item  # type: ignore[misc]
+            yield event
 
     async def aclose(self) -> None:
         """Close the upstream now (idempotent); `events()` ends."""
@@ -311,12 +327,19 @@ class SttStream(ABC):
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - this is the mapping boundary
-            mapped = self._map_exception(exc)
+            mapped = self._mapped(exc)
             if mapped is None:
-                logger.error("%s adapter: unexpected %s (a bug, not a provider failure)",
-                             self.provider, type(exc).__name__, exc_info=exc)
                 raise
             raise mapped from exc
+
+    def _mapped(self, exc: Exception) -> ProviderError | None:
+        """The `ProviderError` to raise for `exc`; None (logged with its traceback) when it
+        maps to none: a bug, not a provider failure, raised as it is."""
+        mapped = self._map_exception(exc)
+        if mapped is None:
+            logger.error("%s adapter: unexpected %s (a bug, not a provider failure)",
+                         self.provider, type(exc).__name__, exc_info=exc)
+        return mapped
 
     def _map_exception(self, exc: Exception) -> ProviderError | None:
         """The `ProviderError` a transport exception means; None for anything else (a bug).

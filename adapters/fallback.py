@@ -16,9 +16,11 @@ What is switchable (`switchable`): an upstream that is unreachable, unconfigured
 credentials, times out, or fails with an error it marks retryable. A bad request, an unknown
 model, a rate limit or any internal error (a bug) never switches: it ends the stream.
 
-No lock is held across a wait that a dead upstream could make endless: every operation on a
-candidate stream runs in a cancel scope that is expired the moment that stream is known to be
-over (it failed, or this stream is closing), so callers blocked in `send_audio` are released.
+No lock is held across a wait that a dead upstream could make endless: a task inside an
+operation on a candidate stream is registered with it, and cancelled (the operation is
+abandoned, the task goes on) the moment that stream is known to be over (it failed, or this
+stream is closing), so callers blocked in `send_audio` are released. (One set entry per
+operation rather than a cancel scope each: `send_audio` is the relay's hot path.)
 
 Audio in: 16-bit mono PCM at ``options.sample_rate`` (the client's rate); each candidate comes
 with its own converter to its stream's rate. Times out: seconds of that input audio.
@@ -50,6 +52,7 @@ from adapters.base import (
     SttStream,
     Transcript,
     UtteranceEnd,
+    event_of,
 )
 
 logger = logging.getLogger(__name__)
@@ -93,18 +96,18 @@ class _Serving:
     prefix: str  # prefix of its segment ids
     pending_finalize: int = 0
     over: bool = False  # failed or closed: operations on it are abandoned
-    scopes: set[asyncio.Timeout] = field(default_factory=set)
+    busy: set[asyncio.Task[object]] = field(default_factory=set)  # tasks inside an operation
+    abandoned: set[asyncio.Task[object]] = field(default_factory=set)  # cancelled by `end`
 
     def end(self) -> None:
         """Mark the stream over and release every operation waiting on it."""
         if self.over:
             return
         self.over = True
-        now = asyncio.get_running_loop().time()
-        for scope in self.scopes:
-            if not scope.expired():
-                scope.reschedule(now)
-        self.scopes.clear()
+        for task in self.busy:
+            self.abandoned.add(task)
+            task.cancel("the stream is over")
+        self.busy.clear()
 
 
 class FallbackStream(SttStream):
@@ -194,24 +197,30 @@ class FallbackStream(SttStream):
     async def send_audio(self, pcm: bytes) -> None:
         """Forward input PCM to the serving stream (and keep it for replay while fallbacks
         remain); returns once taken, or at once when that stream is over (no lock is held
-        across a wait on a dead stream). The hot path: no extra `_guard` layer."""
+        across a wait on a dead stream). The hot path: no `_guard` layer, no `async with`."""
         if self._input_closed or self._closed:
             raise ProviderProtocolError("audio after end of stream", provider=self.provider)
-        await self._send_audio(pcm)
-
-    async def _send_audio(self, pcm: bytes) -> None:
         if not pcm:
             return
-        async with self._order:
-            serving = self._require()
-            seconds = len(pcm) / (BYTES_PER_SAMPLE * self.options.sample_rate)
+        order = self._order
+        await order.acquire()
+        try:
+            serving = self._serving or self._require()
             if self._candidates:
                 self._replay.add(self._position, pcm)
             self._samples += len(pcm) // BYTES_PER_SAMPLE
-            data = serving.opened.convert(pcm, False)
-            if data and not await self._on(serving, serving.opened.stream.send_audio(data)):
+            opened = serving.opened
+            data = opened.convert(pcm, False)
+            if data and not await self._on(serving, opened.stream.send_audio(data)):
                 return
-            self._count(serving.opened.model_id, seconds)
+            seconds = len(pcm) / (BYTES_PER_SAMPLE * self.options.sample_rate)
+            counted = self.seconds_by_model
+            counted[opened.model_id] = counted.get(opened.model_id, 0.0) + seconds
+        finally:
+            order.release()
+
+    async def _send_audio(self, pcm: bytes) -> None:  # pragma: no cover - send_audio is whole
+        await self.send_audio(pcm)
 
     async def _finalize(self) -> None:
         async with self._order:
@@ -236,8 +245,11 @@ class FallbackStream(SttStream):
         raises the `ProviderError` that ended the last candidate. One consumer task."""
         while True:
             serving = self._require()
+            # The serving stream's queue read here, not through its events(): one generator
+            # layer less per event on the relay's hot path.
+            queue = serving.opened.stream._events  # noqa: SLF001 - the contract's own queue
             try:
-                async for event in serving.opened.stream.events():
+                while (event := event_of(await queue.get())) is not None:
                     translated = self._translate(serving, event)
                     if translated is not None:
                         yield translated
@@ -284,16 +296,20 @@ class FallbackStream(SttStream):
             if asyncio.iscoroutine(operation):
                 operation.close()
             return False
+        task = asyncio.current_task()
+        assert task is not None
+        serving.busy.add(task)
         try:
-            async with asyncio.timeout(None) as scope:
-                serving.scopes.add(scope)
-                try:
-                    await operation
-                finally:
-                    serving.scopes.discard(scope)
-        except TimeoutError:
-            if not scope.expired():
+            try:
+                await operation
+            finally:
+                serving.busy.discard(task)
+        except asyncio.CancelledError:
+            if task not in serving.abandoned:
                 raise
+            serving.abandoned.discard(task)
+            if task.uncancel() > 0:
+                raise  # its owner cancelled it too
             logger.debug("%s: operation abandoned, the stream is over",
                          serving.opened.model_id)
             return False
