@@ -285,7 +285,9 @@ class WebSocketStream(FinalizeBookkeeping, SttStream):
         """Ping the provider and fail the stream when it stalls or stops making progress."""
         loop = asyncio.get_running_loop()
         window = self.stall_timeout
-        tick = min(1.0, window / 4, self.context.flush_timeout / 4)
+        # Checked every quarter window (at most every 2 s: a stall is declared within the
+        # window + 2 s, and 200 streams cost 100 wake-ups a second, not 200).
+        tick = min(2.0, window / 4, self.context.flush_timeout / 4)
         ping_every = window / 3
         last_ping = loop.time()
         pong: asyncio.Future[float] | None = None
@@ -305,7 +307,9 @@ class WebSocketStream(FinalizeBookkeeping, SttStream):
                         f"no progress for {self.context.flush_timeout:g} s after the end of "
                         "the stream", provider=self.provider, code="flush_timeout",
                         retryable=True)
-            if now - last_ping >= ping_every and (pong is None or pong.done()):
+            # A ping only when the provider has been quiet: any message is a sign of life.
+            quiet_since = max(last_ping, self._last_heard)
+            if now - quiet_since >= ping_every and (pong is None or pong.done()):
                 last_ping = now
                 pong = loop.create_future()
                 self._spawn(self._ping(ws, pong), "ping")
@@ -364,8 +368,10 @@ class WebSocketStream(FinalizeBookkeeping, SttStream):
             self._flush_since = asyncio.get_running_loop().time()
 
     async def _emit(self, event: StreamEvent) -> None:
+        if self._ended:
+            return
         if not self._events.full():
-            await super()._emit(event)
+            self._events.put_nowait(event)  # the common case: no wait (the relay's hot path)
             return
         self._emitting = True
         try:

@@ -216,7 +216,8 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.close()
 
     def send_receive_event_to_app(self) -> None:
-        size = sum(len(frame) for frame in self.frames)
+        frames = self.frames
+        size = len(frames[0]) if len(frames) == 1 else sum(map(len, frames))
         if size > self.limits.max_frame_bytes and not self.close_sent:
             self.frames = []
             self.conn.fail(CloseCode.MESSAGE_TOO_BIG)

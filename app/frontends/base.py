@@ -167,9 +167,14 @@ class WebSocketFrontend(ABC):
     async def _send(self, frame: str) -> None:
         if self._closed or self.ws.application_state != WebSocketState.CONNECTED:
             return
-        async with self._send_lock:
-            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-                await self.ws.send_text(frame)
+        lock = self._send_lock  # acquired by hand: this is the relay's hot path
+        await lock.acquire()
+        try:
+            await self.ws.send_text(frame)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass  # the client is gone: the reader sees it
+        finally:
+            lock.release()
 
     async def _close(self, code: int, reason: str) -> None:
         if self._closed:
@@ -256,7 +261,11 @@ class FrameRelay(WebSocketFrontend):
         """Audio after the client's end of audio: not forwarded (tell the client, or not)."""
 
     async def _audio(self, session: Session, frame: bytes) -> None:
-        await self._forward(session.send_audio(frame))
+        self._forwarding += 1  # `_forward`, inlined: this is the relay's hot path
+        try:
+            await session.send_audio(frame)
+        finally:
+            self._forwarding -= 1
 
 
 def websocket_route(path: str, frontend: type[WebSocketFrontend]) -> WebSocketRoute:
