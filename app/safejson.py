@@ -15,6 +15,11 @@ MAX_JSON_BYTES = 64 * 1024  # a control message or small HTTP body
 MAX_JSON_DEPTH = 32
 
 
+# Compact JSON for what the gateway sends (one encoder built once: `json.dumps` with options
+# builds a new one per call, and this runs for every event a client receives).
+dumps_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 class BadJson(ValueError):
     """The client's JSON is malformed or over a limit; the message names which."""
 

@@ -15,14 +15,28 @@ from __future__ import annotations
 import re
 
 from adapters.base import Transcript
-from adapters.local.agreement import common_prefix
 
 _EDGES = re.compile(r"^[^\w']+|[^\w']+$")
 
 
 def norm(word: str) -> str:
     """A word's identity for agreement: lower case, no surrounding punctuation."""
+    if word.isalnum():  # the common case, and what ``\w`` matches: nothing to strip
+        return word.lower()
     return _EDGES.sub("", word).lower()
+
+
+def _keys(words: list[str]) -> list[str]:
+    """`norm` of each word (inlined for the common case: a stabilizer runs per partial)."""
+    return [w.lower() if w.isalnum() else norm(w) for w in words]
+
+
+def _prefix(a: list[str], b: list[str]) -> int:
+    """Length of the common prefix of two lists of `norm` keys."""
+    for n, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return n
+    return min(len(a), len(b))
 
 
 class Stabilizer:
@@ -34,7 +48,8 @@ class Stabilizer:
         self.agree = agree
         self.hold_back = hold_back
         self.released: list[str] = []
-        self._history: list[list[str]] = []
+        self._released_keys: list[str] = []  # `norm` of each released word
+        self._history: list[list[str]] = []  # the last hypotheses, as `norm` keys
 
     @property
     def stable_words(self) -> int:
@@ -44,36 +59,46 @@ class Stabilizer:
     def settled(self, text: str) -> int:
         """How many leading words of `text` (a new hypothesis) are settled; call `partial`
         to release them."""
-        words = text.split()
-        history = [*self._history[-(self.agree - 1):], words] if self.agree > 1 else [words]
-        n = len(words) - self.hold_back
-        for older in history[:-1]:
-            n = min(n, common_prefix(older, words, norm))
-        if len(history) < self.agree:
-            n = min(n, len(self.released))
-        if common_prefix(self.released, words, norm) < len(self.released):
-            return len(self.released)  # the hypothesis disagrees with released words: wait
-        return max(n, len(self.released))
+        return self._settled(_keys(text.split()))
+
+    def _settled(self, keys: list[str]) -> int:
+        done = len(self.released)
+        if keys[:done] != self._released_keys:
+            return done  # the hypothesis disagrees with released words: wait
+        older = self._history[-(self.agree - 1):] if self.agree > 1 else []
+        n = len(keys) - self.hold_back
+        for hypothesis in older:
+            agreed = len(hypothesis)
+            if keys[:agreed] != hypothesis:  # not a mere continuation: word by word
+                agreed = _prefix(hypothesis, keys)
+            n = min(n, agreed)
+        if len(older) + 1 < self.agree:
+            n = min(n, done)
+        return max(n, done)
 
     def partial(self, text: str) -> str:
         """Feed a hypothesis; returns the newly settled text to append (may be "")."""
-        n = self.settled(text)
         words = text.split()
-        self._history.append(words)
+        keys = _keys(words)
+        n = self._settled(keys)
+        self._history.append(keys)
         del self._history[:-max(1, self.agree)]
-        return self._release(words[len(self.released):n])
+        return self._release(words[len(self.released):n], keys)
 
     def final(self, text: str) -> tuple[str, str]:
         """The final hypothesis: (the delta still to append, the completed text)."""
         words = text.split()
-        delta = self._release(words[len(self.released):])
+        delta = self._release(words[len(self.released):], None)
         return delta, " ".join(self.released)
 
-    def _release(self, words: list[str]) -> str:
+    def _release(self, words: list[str], keys: list[str] | None) -> str:
         if not words:
             return ""
         lead = " " if self.released else ""
+        done = len(self.released)
         self.released.extend(words)
+        self._released_keys.extend(keys[done:done + len(words)] if keys is not None
+                                   else _keys(words))
         return lead + " ".join(words)
 
 

@@ -28,6 +28,7 @@ from app.frontends.g711 import decode as g711_decode
 from app.frontends.handshake import DenyingFrontend, openai_subprotocol_key
 from app.frontends.realtime_items import ItemTracker, event_id
 from app.params import SessionRequest, parse_session_params
+from app.safejson import dumps_compact
 from app.session import Session, SessionError, SessionEvent
 from auth.base import Principal
 
@@ -35,11 +36,6 @@ FORMATS = {"audio/pcm": 24000, "audio/pcmu": 8000, "audio/pcma": 8000}
 MIN_COMMIT_SECONDS = 0.1
 _FIXED = ("format", "transcription")  # cannot change once audio has started
 
-
-def _dumps(obj: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
 MAX_PENDING_COMMITS = 32
@@ -133,10 +129,10 @@ class RealtimeConnection(DenyingFrontend):
     def error_frame(self, error: GatewayError) -> str | None:
         kind = "server_error" if error.close_code in (1011, 4502, 4503, 4504) \
             else "invalid_request_error"
-        return _dumps(error_event(error.code, error.message, kind=kind))
+        return dumps_compact(error_event(error.code, error.message, kind=kind))
 
     async def _event(self, event: dict[str, Any]) -> None:
-        await self._send(_dumps(event))
+        await self._send(dumps_compact(event))
 
     # ---- the connection ---------------------------------------------------------------------
 

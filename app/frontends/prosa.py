@@ -23,7 +23,6 @@ with the code of API.md §1.5.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
@@ -35,13 +34,11 @@ from app.errors import GatewayError
 from app.frontends.base import Disconnect, Message, WebSocketFrontend
 from app.frontends.prosa_decode import StreamDecoder
 from app.params import SessionRequest, parse_session_params
+from app.safejson import dumps_compact
 from app.session import Session, SessionCreated, SessionEnded, SessionError
 
 logger = logging.getLogger(__name__)
 
-
-def _dumps(obj: dict[str, Any]) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
 def _bad(field: str, why: str) -> GatewayError:
@@ -86,7 +83,7 @@ class ProsaConnection(WebSocketFrontend):
     label = "prosa"
 
     def error_frame(self, error: GatewayError) -> str | None:
-        return _dumps({"type": "error", **error.to_json(), "close_code": error.close_code})
+        return dumps_compact({"type": "error", **error.to_json(), "close_code": error.close_code})
 
     async def _serve(self) -> None:
         secret = key_from_request(self.ws.headers, self.ws.query_params)
@@ -159,9 +156,9 @@ class ProsaConnection(WebSocketFrontend):
                                            "model": event.model}
                 if label is not None:
                     created["label"] = label
-                await self._send(_dumps(created))
+                await self._send(dumps_compact(created))
             elif isinstance(event, ab.Transcript):
-                await self._send(_dumps({
+                await self._send(dumps_compact({
                     "type": "result" if event.is_final else "partial",
                     "transcript": event.text, "time_start": event.start,
                     "time_end": event.end}))

@@ -6,11 +6,11 @@ does not carry that event.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from adapters import base as ab
 from app.errors import GatewayError
+from app.safejson import dumps_compact
 from app.session import (
     ProviderSwitched,
     SessionCreated,
@@ -20,10 +20,6 @@ from app.session import (
     SessionWarning,
 )
 from app.stabilizer import StableWords
-
-
-def _dumps(obj: dict[str, Any]) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
 def word_json(word: ab.Word) -> dict[str, Any]:
@@ -116,13 +112,13 @@ class WireFormatter:
             out = verbose_json(event, self.provider, self.language)
             if isinstance(event, ab.Transcript):
                 out["stable_words"] = self.stable.count(event)
-            return _dumps(out)
+            return dumps_compact(out)
         if fmt == "json":
             if isinstance(event, ab.Transcript):
-                return _dumps(transcript_json(event, self.language)
+                return dumps_compact(transcript_json(event, self.language)
                               | {"stable_words": self.stable.count(event)})
             if isinstance(event, SessionError):
-                return _dumps(error_json(event.error))
+                return dumps_compact(error_json(event.error))
             return None
         # text: final segments only, plain text
         if isinstance(event, ab.Transcript) and event.is_final and event.text:
@@ -132,7 +128,7 @@ class WireFormatter:
     def render_error(self, error: GatewayError) -> str | None:
         """An error that happened before the session existed (bad key, bad parameter...)."""
         if self.output_format == "verbose_json":
-            return _dumps({"type": "error", **error.to_json()})
+            return dumps_compact({"type": "error", **error.to_json()})
         if self.output_format == "json":
-            return _dumps(error_json(error))
+            return dumps_compact(error_json(error))
         return None
