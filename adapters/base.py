@@ -28,7 +28,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 from adapters._tasks import cancel_and_wait
 from adapters.errors import ModelNotFound as ModelNotFound
@@ -201,13 +201,8 @@ class SttStream(ABC):
             raise ProviderProtocolError("audio after end of stream", provider=self.provider)
         try:  # `_guard`, inlined: this is the relay's hot path
             await self._send_audio(pcm)
-        except (ProviderError, asyncio.CancelledError):
-            raise
         except Exception as exc:  # noqa: BLE001 - this is the mapping boundary
-            mapped = self._mapped(exc)
-            if mapped is None:
-                raise
-            raise mapped from exc
+            self._raise_mapped(exc)
 
     async def finalize(self) -> None:
         """Turn everything sent so far into finals, then emit `Finalized`."""
@@ -322,24 +317,21 @@ class SttStream(ABC):
         """Await `coro`, mapping any non-`ProviderError` exception to one."""
         try:
             return await coro
-        except ProviderError:
-            raise
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # noqa: BLE001 - this is the mapping boundary
-            mapped = self._mapped(exc)
-            if mapped is None:
-                raise
-            raise mapped from exc
+            self._raise_mapped(exc)
 
-    def _mapped(self, exc: Exception) -> ProviderError | None:
-        """The `ProviderError` to raise for `exc`; None (logged with its traceback) when it
-        maps to none: a bug, not a provider failure, raised as it is."""
+    def _raise_mapped(self, exc: Exception) -> NoReturn:
+        """Raise what `exc` (caught at the mapping boundary) means: a `ProviderError` as it
+        is, a transport exception as its `ProviderError`, anything else as itself, logged
+        with its traceback (a bug, not a provider failure). Cancellation is never caught."""
+        if isinstance(exc, ProviderError):
+            raise exc
         mapped = self._map_exception(exc)
         if mapped is None:
             logger.error("%s adapter: unexpected %s (a bug, not a provider failure)",
                          self.provider, type(exc).__name__, exc_info=exc)
-        return mapped
+            raise exc
+        raise mapped from exc
 
     def _map_exception(self, exc: Exception) -> ProviderError | None:
         """The `ProviderError` a transport exception means; None for anything else (a bug).
