@@ -50,7 +50,8 @@ class FinalizeBookkeeping:
     def _init_finalizes(self) -> None:
         self._finalizes = 0  # finalize() calls still waiting for their Finalized
         # The same calls in order, grouped: a request the provider answers, then the requests
-        # made after it with nothing pending upstream (answered with it).
+        # made after it with nothing pending upstream (answered with it). Bounded by the
+        # session's stream, which waits with more than `MAX_FINALIZES_IN_FLIGHT` unanswered.
         self._finalize_groups: deque[int] = deque()
         self._finalize_timer: asyncio.TimerHandle | None = None
         self._settle_timer: asyncio.TimerHandle | None = None

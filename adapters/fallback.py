@@ -58,6 +58,9 @@ from adapters.base import (
 logger = logging.getLogger(__name__)
 
 CLOSE_WAIT = 10.0  # bound on closing a failed stream in the background
+# finalize() calls awaiting their `Finalized` at once; one more waits for an answer (the
+# client's reader stops: backpressure), so no adapter tracks more requests than this.
+MAX_FINALIZES_IN_FLIGHT = 64
 
 _SWITCHABLE = (ProviderUnavailable, ProviderNotConfigured, ProviderAuthError, ProviderTimeout)
 
@@ -98,12 +101,14 @@ class _Serving:
     over: bool = False  # failed or closed: operations on it are abandoned
     busy: set[asyncio.Task[object]] = field(default_factory=set)  # tasks inside an operation
     abandoned: set[asyncio.Task[object]] = field(default_factory=set)  # cancelled by `end`
+    answered: asyncio.Event = field(default_factory=asyncio.Event)  # a Finalized came, or over
 
     def end(self) -> None:
         """Mark the stream over and release every operation waiting on it."""
         if self.over:
             return
         self.over = True
+        self.answered.set()
         for task in self.busy:
             self.abandoned.add(task)
             task.cancel("the stream is over")
@@ -223,6 +228,11 @@ class FallbackStream(SttStream):
         await self.send_audio(pcm)
 
     async def _finalize(self) -> None:
+        serving = self._require()
+        while serving.pending_finalize >= MAX_FINALIZES_IN_FLIGHT and not serving.over:
+            serving.answered.clear()
+            await serving.answered.wait()  # bounded: an answer, the adapter's flush timeout
+            serving = self._require()  # or the end of that stream (then maybe a switch)
         async with self._order:
             serving = self._require()
             if serving.over or self._input_closed:
@@ -332,6 +342,7 @@ class FallbackStream(SttStream):
             if serving.pending_finalize <= 0:
                 return None  # not asked for (or asked of a stream before a switch)
             serving.pending_finalize -= 1
+            serving.answered.set()
             return event
         if offset == 0.0:
             return event

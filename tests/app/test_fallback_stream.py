@@ -443,3 +443,33 @@ async def test_a_failed_stream_slow_to_close_does_not_delay_the_switch(
         assert closing and not any(t.done() for t in closing)
     # aclose() waited for it (bounded by CLOSE_WAIT) and then cancelled it: nothing left
     assert all(t.done() for t in closing)
+
+
+async def test_finalizes_awaiting_their_answer_are_bounded() -> None:
+    """A client finalizing faster than its provider answers waits at the bound (its reader
+    stops: backpressure) instead of piling requests up; an answer, or the end of the stream,
+    lets it go on."""
+    from adapters.fallback import MAX_FINALIZES_IN_FLIGHT
+
+    fake = FakeAdapter({"a": Script(ack_finalize=False, final_every=100)})
+    async with fallback(fake, "fake.a") as stream:
+        await stream.start()
+        reader = Consumer(stream)
+        for i in range(MAX_FINALIZES_IN_FLIGHT):
+            await feed(stream, i, 1)
+            await asyncio.wait_for(stream.finalize(), WAIT)
+        upstream = fake.stream_of("a")
+        assert upstream.finalizes == MAX_FINALIZES_IN_FLIGHT
+        waiting = asyncio.create_task(stream.finalize())
+        await asyncio.sleep(0.2)
+        assert not waiting.done() and upstream.finalizes == MAX_FINALIZES_IN_FLIGHT
+        await upstream._emit(Finalized())  # the provider answers one
+        await asyncio.wait_for(waiting, WAIT)
+        assert upstream.finalizes == MAX_FINALIZES_IN_FLIGHT + 1
+        blocked = asyncio.create_task(stream.finalize())
+        await asyncio.sleep(0.2)
+        assert not blocked.done()
+        await stream.aclose()  # the end of the stream releases it too
+        await asyncio.wait_for(blocked, WAIT)
+        await reader.done()
+    assert sum(isinstance(e, Finalized) for e in reader.events) == 1
