@@ -111,21 +111,13 @@ def redis_server(*extra: str) -> Iterator[RedisServer]:
 
 
 @dataclass
-class Gateway:
-    """A gateway served by a real uvicorn server in a background thread."""
+class Gateway(LocalUrls):
+    """A gateway served by a real uvicorn server in a background thread (on 127.0.0.1)."""
 
     host: str
     port: int
     dev_key: str
     app: Any
-
-    @property
-    def http_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://{self.host}:{self.port}"
 
 
 @contextlib.contextmanager
