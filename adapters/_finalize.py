@@ -48,10 +48,10 @@ class FinalizeBookkeeping:
         return False
 
     def _init_finalizes(self) -> None:
-        self._finalizes = 0  # finalize() calls still waiting for their Finalized
-        # The same calls in order, grouped: a request the provider answers, then the requests
-        # made after it with nothing pending upstream (answered with it). Bounded by the
-        # session's stream, which waits with more than `MAX_FINALIZES_IN_FLIGHT` unanswered.
+        # finalize() calls still waiting for their Finalized, in order and grouped: a request
+        # the provider answers, then the requests made after it with nothing pending upstream
+        # (answered with it). Bounded by the session's stream, which waits with more than
+        # `MAX_FINALIZES_IN_FLIGHT` unanswered.
         self._finalize_groups: deque[int] = deque()
         self._finalize_timer: asyncio.TimerHandle | None = None
         self._settle_timer: asyncio.TimerHandle | None = None
@@ -63,7 +63,6 @@ class FinalizeBookkeeping:
 
         `delay`: for an adapter that knows nothing may be pending upstream, answer after this
         many seconds at the latest (``quiet``: without the warning)."""
-        self._finalizes += 1
         self._finalize_groups.append(1)
         if delay is None:
             self._arm_finalize_timer()
@@ -72,7 +71,7 @@ class FinalizeBookkeeping:
             self._finalize_timer.cancel()
         self._finalize_timer = asyncio.get_running_loop().call_later(
             delay, lambda: self._later(self._release_finalizes(timed_out=not quiet))
-            if self._finalizes and not self._ended else None)
+            if self._finalize_groups and not self._ended else None)
 
     def _finalize_sent(self, position: float) -> None:
         """For providers that do not acknowledge a finalize: it reached the wire after
@@ -89,7 +88,7 @@ class FinalizeBookkeeping:
 
     def _finalize_timed_out(self) -> None:
         self._finalize_timer = None
-        if not self._finalizes or self._ended:
+        if not self._finalize_groups or self._ended:
             return
         if asyncio.get_running_loop().time() - self._last_message < self.context.flush_timeout:
             self._arm_finalize_timer()  # still making progress: keep waiting
@@ -132,7 +131,6 @@ class FinalizeBookkeeping:
         it follows (its `Finalized` must not overtake that request's finals)."""
         if self._finalize_groups:
             self._finalize_groups[-1] += 1
-            self._finalizes += 1
             return
         await self._emit(Finalized())
 
@@ -142,7 +140,6 @@ class FinalizeBookkeeping:
         if not self._finalize_groups:
             return  # an answer to a finalize already acknowledged (timed out, or released)
         count = self._finalize_groups.popleft()
-        self._finalizes -= count
         if self._finalize_groups:
             self._arm_finalize_timer()  # the next request waits for its own answer
         else:
@@ -153,11 +150,11 @@ class FinalizeBookkeeping:
 
     async def _finalized(self) -> None:
         """The provider answered every pending finalize: emit the acknowledgements."""
-        if self._finalizes:
+        if self._finalize_groups:
             await self._release_finalizes(timed_out=False)
 
     async def _release_finalizes(self, *, timed_out: bool) -> None:
-        count, self._finalizes = self._finalizes, 0
+        count = sum(self._finalize_groups)
         self._finalize_groups.clear()
         self._finalize_point = None
         self._cancel_finalize_timers()
